@@ -1,0 +1,1 @@
+"""snaptun: the SNAP tunnel over QUIC."""

@@ -1,0 +1,387 @@
+"""The exception hierarchy of snaptun.
+
+Every error the package raises derives from :class:`SnaptunError`. The tree
+mirrors the error enums of the reference crate ``snap-tun`` 0.1.0, one class
+per enum and one subclass per case::
+
+    SnaptunError
+    ├── ConnectionLost                  the QUIC connection ended (code, reason, by_peer)
+    ├── AcceptError
+    │   ├── AcceptTimeout               setup not finished within ACCEPT_TIMEOUT
+    │   ├── AcceptConnectionError       the connection failed during setup
+    │   ├── AcceptParseError            a setup request did not parse (.cause)
+    │   ├── AcceptSendError             a setup response could not be sent (.cause)
+    │   └── UnexpectedControlRequest    wrong request, or a non-2xx answer, during setup
+    ├── AddressAssignmentError
+    │   └── NoAddressAssigned
+    ├── ControlError                    what a server Control ends with
+    │   ├── ControlParseError           (.cause: ParseControlRequestError)
+    │   ├── ControlSendError            (.cause: SendControlResponseError)
+    │   ├── SessionExpired
+    │   └── ClosedPrematurely
+    ├── ParseControlRequestError        the peer broke the control protocol
+    │   ├── InvalidRequest              close code 1, reason phrase in .reason
+    │   ├── Unauthenticated             close code 3
+    │   ├── RequestClosedPrematurely    close code 5 ("closed prematurely")
+    │   ├── RequestReadError            close code 5 ("read error")
+    │   └── RequestTimeout              ours: a request not complete in time (close 2)
+    ├── SendControlResponseError        a response could not be written in SEND_TIMEOUT
+    ├── ReceivePacketError
+    │   ├── ReceiveConnectionClosed     ("connection closed")
+    │   └── ReceiveConnectionError      (.cause: ConnectionLost)
+    ├── SendPacketError
+    │   ├── SendConnectionClosed        ("connection closed")
+    │   ├── NewAssignedAddress          (.sender: fresh Sender, .packet: refused packet)
+    │   ├── SendAddressAssignmentError
+    │   ├── DatagramTooLarge            larger than the peer's maximum datagram size
+    │   ├── SendBufferFull              no room now; retry or use send_wait()
+    │   └── DatagramsUnsupported        the peer did not enable DATAGRAM frames
+    ├── TokenValidationError            token outcomes of PROTOCOL.md §4
+    │   ├── InvalidSignature            HTTP 401
+    │   ├── MalformedToken              HTTP 400
+    │   └── TokenExpired                HTTP 401
+    ├── AddressAllocationError          the allocator refused a request
+    │   ├── NoAddressesAvailable
+    │   ├── AddressUnavailable          the asked address is granted or held elsewhere
+    │   └── UnsupportedIsdAs            neither the allocator's ISD-AS nor a wildcard
+    └── ClientError                     what the client side raises
+        ├── ControlResponseError        a non-2xx answer (.status, .body)
+        ├── MalformedResponse           an answer that is not the protocol's
+        └── RenewalFailed               automatic renewal gave up after its retries
+
+Peer violations on the server become close codes on the wire; the caller's own
+misuse raises ``TypeError``/``ValueError`` as usual.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from snaptun.constants import CloseCode
+
+if TYPE_CHECKING:
+    from snaptun.aio.server import Sender
+
+
+class SnaptunError(Exception):
+    """Base class of every error raised by snaptun."""
+
+
+class ConnectionLost(SnaptunError):
+    """The QUIC connection is gone; ``code`` and ``reason`` as the close carried them."""
+
+    def __init__(self, code: int | None, reason: str, *, by_peer: bool) -> None:
+        self.code = code
+        self.reason = reason
+        self.by_peer = by_peer
+        who = "peer" if by_peer else "local side"
+        super().__init__(f"connection closed by {who} (code {code}): {reason}")
+
+    @property
+    def close_name(self) -> str | None:
+        """Name of the snaptun close code, if the code is one of them."""
+        try:
+            return CloseCode(self.code).name if self.code is not None else None
+        except ValueError:
+            return None
+
+
+# --- accept ---------------------------------------------------------------
+
+
+class AcceptError(SnaptunError):
+    """Server.accept_with_timeout failed; the connection has been closed."""
+
+
+class AcceptTimeout(AcceptError):
+    """The client did not finish the setup within ACCEPT_TIMEOUT."""
+
+    def __init__(self) -> None:
+        super().__init__("timeout reached")
+
+
+class AcceptConnectionError(AcceptError):
+    """The QUIC connection failed during setup."""
+
+    def __init__(self, cause: ConnectionLost) -> None:
+        self.cause = cause
+        super().__init__(f"connection error: {cause}")
+
+
+class AcceptParseError(AcceptError):
+    """A setup request did not parse."""
+
+    def __init__(self, cause: ParseControlRequestError) -> None:
+        self.cause = cause
+        super().__init__(f"parse control request error: {cause}")
+
+
+class AcceptSendError(AcceptError):
+    """A setup response could not be sent."""
+
+    def __init__(self, cause: SendControlResponseError) -> None:
+        self.cause = cause
+        super().__init__(f"send control response error: {cause}")
+
+
+class UnexpectedControlRequest(AcceptError):
+    """The client sent the wrong request, or a setup request was refused."""
+
+    def __init__(self, detail: str = "unexpected control request") -> None:
+        self.detail = detail
+        super().__init__(detail)
+
+
+# --- address assignment -----------------------------------------------------
+
+
+class AddressAssignmentError(SnaptunError):
+    """The tunnel has no address to offer."""
+
+
+class NoAddressAssigned(AddressAssignmentError):
+    """No address is assigned to the tunnel (yet, or any more)."""
+
+    def __init__(self) -> None:
+        super().__init__("no address assigned")
+
+
+# --- parse / send control ----------------------------------------------------
+
+
+class ParseControlRequestError(SnaptunError):
+    """A control request broke the protocol; ``close_code`` and ``reason`` go on the wire."""
+
+    close_code: CloseCode = CloseCode.INVALID_REQUEST
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class InvalidRequest(ParseControlRequestError):
+    """Malformed, too big, wrong method or path (close code 1)."""
+
+    close_code = CloseCode.INVALID_REQUEST
+
+
+class Unauthenticated(ParseControlRequestError):
+    """No Authorization header or not a Bearer token (close code 3)."""
+
+    close_code = CloseCode.UNAUTHENTICATED
+
+
+class RequestClosedPrematurely(ParseControlRequestError):
+    """The stream ended before a complete request head (close code 5)."""
+
+    close_code = CloseCode.INTERNAL_ERROR
+
+    def __init__(self, reason: str = "closed prematurely") -> None:
+        super().__init__(reason)
+
+
+class RequestReadError(ParseControlRequestError):
+    """Reading the request stream failed, e.g. it was reset (close code 5)."""
+
+    close_code = CloseCode.INTERNAL_ERROR
+
+    def __init__(self, reason: str = "read error") -> None:
+        super().__init__(reason)
+
+
+class RequestTimeout(ParseControlRequestError):
+    """A request was not complete in time (ours; the reference waits forever)."""
+
+    close_code = CloseCode.TIMEOUT
+
+    def __init__(self, reason: str = "control request timed out") -> None:
+        super().__init__(reason)
+
+
+class SendControlResponseError(SnaptunError):
+    """A control response could not be written within SEND_TIMEOUT."""
+
+
+# --- control ----------------------------------------------------------------
+
+
+class ControlError(SnaptunError):
+    """A server Control ended with an error; the connection is closed."""
+
+
+class ControlParseError(ControlError):
+    """A post-setup request broke the protocol."""
+
+    def __init__(self, cause: ParseControlRequestError) -> None:
+        self.cause = cause
+        super().__init__(f"parse control request error: {cause}")
+
+
+class ControlSendError(ControlError):
+    """A post-setup response could not be sent."""
+
+    def __init__(self, cause: SendControlResponseError) -> None:
+        self.cause = cause
+        super().__init__(f"send control response error: {cause}")
+
+
+class SessionExpired(ControlError):
+    """The session's expiry passed without renewal (close code 4)."""
+
+    def __init__(self) -> None:
+        super().__init__("session expired")
+
+
+class ClosedPrematurely(ControlError):
+    """The connection failed (not a clean application close) while being driven."""
+
+    def __init__(self, cause: ConnectionLost | None = None) -> None:
+        self.cause = cause
+        super().__init__(f"connection closed prematurely: {cause}" if cause else "closed prematurely")
+
+
+# --- packets ------------------------------------------------------------------
+
+
+class ReceivePacketError(SnaptunError):
+    """A packet could not be received."""
+
+
+class ReceiveConnectionClosed(ReceivePacketError):
+    """The tunnel is closed."""
+
+    def __init__(self) -> None:
+        super().__init__("connection closed")
+
+
+class ReceiveConnectionError(ReceivePacketError):
+    """The QUIC connection failed."""
+
+    def __init__(self, cause: ConnectionLost) -> None:
+        self.cause = cause
+        super().__init__(f"connection error: {cause}")
+
+
+class SendPacketError(SnaptunError):
+    """A packet could not be sent; it was not queued."""
+
+
+class SendConnectionClosed(SendPacketError):
+    """The tunnel is closed."""
+
+    def __init__(self) -> None:
+        super().__init__("connection closed")
+
+
+class NewAssignedAddress(SendPacketError):
+    """The tunnel's address changed: use ``sender`` from now on and resend ``packet``."""
+
+    def __init__(self, sender: Sender[Any], packet: bytes) -> None:
+        self.sender = sender
+        self.packet = packet
+        super().__init__("address was re-assigned")
+
+
+class SendAddressAssignmentError(SendPacketError):
+    """The tunnel has no assigned address."""
+
+    def __init__(self, cause: AddressAssignmentError) -> None:
+        self.cause = cause
+        super().__init__(f"address assignment error: {cause}")
+
+
+class DatagramTooLarge(SendPacketError):
+    """The packet does not fit in one QUIC datagram for this peer."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(f"packet of {size} bytes exceeds the maximum datagram size {limit}")
+
+
+class SendBufferFull(SendPacketError):
+    """The datagram send buffer is full; nothing was queued."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(f"datagram send buffer full ({limit} datagrams queued)")
+
+
+class DatagramsUnsupported(SendPacketError):
+    """The peer did not enable QUIC DATAGRAM frames."""
+
+    def __init__(self) -> None:
+        super().__init__("peer does not accept QUIC datagrams")
+
+
+# --- tokens / allocation -----------------------------------------------------------
+
+
+class TokenValidationError(SnaptunError):
+    """A bearer token was refused; ``status`` is the HTTP status the server answers."""
+
+    status: int = 401
+
+
+class InvalidSignature(TokenValidationError):
+    """The token's signature does not verify against any trusted key."""
+
+    status = 401
+
+
+class MalformedToken(TokenValidationError):
+    """Not a JWT, wrong algorithm, or missing/ill-typed required claims."""
+
+    status = 400
+
+
+class TokenExpired(TokenValidationError):
+    """The token's ``exp`` is in the past."""
+
+    status = 401
+
+
+class AddressAllocationError(SnaptunError):
+    """The allocator could not grant the requested address."""
+
+
+class NoAddressesAvailable(AddressAllocationError):
+    """The pool of the requested family is exhausted (or has no such family)."""
+
+
+class AddressUnavailable(AddressAllocationError):
+    """The requested address is granted to, or held for, another identity, or not in a pool."""
+
+
+class UnsupportedIsdAs(AddressAllocationError):
+    """The requested ISD-AS is neither the allocator's own nor a wildcard."""
+
+
+# --- client ---------------------------------------------------------------------------
+
+
+class ClientError(SnaptunError):
+    """An error seen by the snaptun client."""
+
+
+class ControlResponseError(ClientError):
+    """The server answered a control request with a non-2xx status."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        self.status = status
+        self.body = body
+        text = body.decode("utf-8", "replace")[:200]
+        super().__init__(f"server answered HTTP {status}: {text}")
+
+
+class MalformedResponse(ClientError):
+    """The server's answer does not follow the protocol."""
+
+
+class RenewalFailed(ClientError):
+    """Automatic renewal gave up after its retries; ``cause`` is the last error."""
+
+    def __init__(self, attempts: int, cause: BaseException) -> None:
+        self.attempts = attempts
+        self.cause = cause
+        super().__init__(f"session renewal failed after {attempts} attempts: {cause}")
