@@ -5,7 +5,7 @@ mirrors the error enums of the reference crate ``snap-tun`` 0.1.0, one class
 per enum and one subclass per case::
 
     SnaptunError
-    ├── ConnectionLost                  the QUIC connection ended (code, reason, by_peer)
+    ├── ConnectionLost                  the QUIC connection ended (code, reason, by_peer, application)
     ├── AcceptError
     │   ├── AcceptTimeout               setup not finished within ACCEPT_TIMEOUT
     │   ├── AcceptConnectionError       the connection failed during setup
@@ -23,8 +23,7 @@ per enum and one subclass per case::
     │   ├── InvalidRequest              close code 1, reason phrase in .reason
     │   ├── Unauthenticated             close code 3
     │   ├── RequestClosedPrematurely    close code 5 ("closed prematurely")
-    │   ├── RequestReadError            close code 5 ("read error")
-    │   └── RequestTimeout              ours: a request not complete in time (close 2)
+    │   └── RequestReadError            close code 5 ("read error")
     ├── SendControlResponseError        a response could not be written in SEND_TIMEOUT
     ├── ReceivePacketError
     │   ├── ReceiveConnectionClosed     ("connection closed")
@@ -70,10 +69,14 @@ class SnaptunError(Exception):
 class ConnectionLost(SnaptunError):
     """The QUIC connection is gone; ``code`` and ``reason`` as the close carried them."""
 
-    def __init__(self, code: int | None, reason: str, *, by_peer: bool) -> None:
+    def __init__(
+        self, code: int | None, reason: str, *, by_peer: bool, application: bool = True
+    ) -> None:
         self.code = code
         self.reason = reason
         self.by_peer = by_peer
+        self.application = application
+        """Whether it was an application close (CONNECTION_CLOSE 0x1d), not a transport failure."""
         who = "peer" if by_peer else "local side"
         super().__init__(f"connection closed by {who} (code {code}): {reason}")
 
@@ -186,15 +189,6 @@ class RequestReadError(ParseControlRequestError):
     close_code = CloseCode.INTERNAL_ERROR
 
     def __init__(self, reason: str = "read error") -> None:
-        super().__init__(reason)
-
-
-class RequestTimeout(ParseControlRequestError):
-    """A request was not complete in time (ours; the reference waits forever)."""
-
-    close_code = CloseCode.TIMEOUT
-
-    def __init__(self, reason: str = "control request timed out") -> None:
         super().__init__(reason)
 
 

@@ -1,0 +1,614 @@
+"""The QUIC binding: the one module that knows the QUIC library (qh3).
+
+Everything above this module talks to :class:`QuicConnection` and
+:class:`QuicStream`; swapping the backend means rewriting only this file.
+It guards against the pitfalls measured in docs/DESIGN.md:
+
+* qh3 accepts a datagram too large for a packet and then fails the whole
+  connection ("packet builder capacity exhausted"), so every datagram is
+  checked against :attr:`QuicConnection.max_datagram_size` before queueing;
+* qh3 silently drops datagrams it cannot put on the wire at the next
+  transmit, so datagrams wait in our own bounded queue and are handed over in
+  small batches, yielding to the event loop between batches (so that ACKs
+  open the congestion window); a full queue is an error for ``send`` and a
+  wait for ``send_wait``;
+* a transmit error is treated as a lost connection;
+* neither side sends keep-alives by itself, so we ping every few seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import ssl
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from qh3.asyncio.client import connect as _qh3_connect
+from qh3.asyncio.protocol import QuicConnectionProtocol
+from qh3.asyncio.server import QuicServer, serve
+from qh3.quic.configuration import QuicConfiguration
+from qh3.quic.connection import QuicConnection as _Qh3Connection
+from qh3.quic.events import (
+    ConnectionTerminated,
+    DatagramFrameReceived,
+    HandshakeCompleted,
+    QuicEvent,
+    StopSendingReceived,
+    StreamDataReceived,
+    StreamReset,
+)
+from qh3.tls import SignatureAlgorithm
+
+from snaptun.constants import (
+    ALPN,
+    DEFAULT_UDP_PAYLOAD_SIZE,
+    IDLE_TIMEOUT,
+    KEEP_ALIVE_INTERVAL,
+)
+from snaptun.errors import (
+    ConnectionLost,
+    DatagramsUnsupported,
+    DatagramTooLarge,
+    SendBufferFull,
+)
+
+__all__ = [
+    "QuicConnection",
+    "QuicEndpoint",
+    "QuicSettings",
+    "QuicStream",
+    "QuicStreamReset",
+    "connect",
+    "fingerprint_of",
+    "listen",
+]
+
+log = logging.getLogger(__name__)
+
+# Bytes of a 1-RTT packet around one DATAGRAM frame, besides the peer's
+# connection ID: first byte, 4-byte packet number (worst case), 16-byte AEAD
+# tag, frame type and a 2-byte length.
+_DATAGRAM_OVERHEAD: Final = 1 + 4 + 16 + 1 + 2
+_MAX_CID_LENGTH: Final = 20
+_MAX_DATAGRAM_FRAME: Final = 65535
+_APPLICATION_CLOSE = None  # qh3 reports an application close with frame_type None
+
+
+@dataclass(frozen=True, slots=True)
+class QuicSettings:
+    """Knobs of a snaptun QUIC endpoint."""
+
+    udp_payload_size: int = DEFAULT_UDP_PAYLOAD_SIZE
+    """Largest UDP payload of a QUIC packet; at least 1200 (QUIC's floor)."""
+    idle_timeout: float = IDLE_TIMEOUT
+    keep_alive: float | None = KEEP_ALIVE_INTERVAL
+    send_queue: int = 1024
+    """Datagrams waiting for the wire; a full queue refuses ``send``."""
+    send_batch: int = 32
+    """Datagrams handed to qh3 per transmit; qh3 drops what does not fit."""
+    receive_queue: int = 4096
+    """Datagrams waiting for ``receive``; on overflow the oldest is dropped and counted."""
+    max_stream_data: int = 65536
+    """Per-stream flow-control window: control messages are tiny."""
+    path_mtu_discovery: bool = True
+
+    def __post_init__(self) -> None:
+        if self.udp_payload_size < 1200:
+            raise ValueError("udp_payload_size must be at least 1200 (QUIC's minimum)")
+        if self.send_queue < 1 or self.send_batch < 1 or self.receive_queue < 1:
+            raise ValueError("queue sizes must be positive")
+
+
+class QuicStreamReset(ConnectionError):
+    """The peer reset the stream (or asked us to stop sending)."""
+
+    def __init__(self, stream_id: int, code: int) -> None:
+        self.stream_id = stream_id
+        self.code = code
+        super().__init__(f"stream {stream_id} reset by peer (code {code})")
+
+
+class QuicStream:
+    """One bidirectional QUIC stream; reads are bounded by the caller."""
+
+    def __init__(self, connection: QuicConnection, stream_id: int) -> None:
+        self._conn = connection
+        self.stream_id = stream_id
+        self._buffer = bytearray()
+        self._eof = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._write_closed = False
+
+    # fed by the connection
+    def _feed(self, data: bytes, end: bool) -> None:
+        self._buffer += data
+        self._eof = self._eof or end
+        self._wake()
+
+    def _fail(self, error: BaseException) -> None:
+        if self._error is None:
+            self._error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def read(self, max_bytes: int = 65536) -> bytes:
+        """Up to ``max_bytes`` bytes; ``b""`` once the peer finished the stream."""
+        while not self._buffer and not self._eof and self._error is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        if self._buffer:
+            chunk = bytes(self._buffer[:max_bytes])
+            del self._buffer[:max_bytes]
+            return chunk
+        if self._error is not None and not self._eof:
+            raise self._error
+        return b""
+
+    def write(self, data: bytes, *, end_stream: bool = False) -> None:
+        """Queue ``data`` (and FIN); raises :class:`ConnectionLost` once closed."""
+        self._conn._check_open()
+        if self._write_closed:
+            raise ConnectionError(f"stream {self.stream_id} already finished")
+        self._conn._quic.send_stream_data(self.stream_id, data, end_stream=end_stream)
+        self._write_closed = end_stream
+        self._conn._transmit_soon()
+
+    def finish(self) -> None:
+        """Send FIN."""
+        if not self._write_closed:
+            self.write(b"", end_stream=True)
+
+    async def drain(self) -> None:
+        """Wait until the queued stream data left for the wire (or the connection ended)."""
+        self._conn._transmit_now()
+        while (
+            self._conn.closed is None and self._conn._quic.get_send_buffer_size(self.stream_id) > 0
+        ):
+            await asyncio.sleep(0.005)
+        self._conn._check_open()
+
+    def reset(self, code: int = 0) -> None:
+        """Abort both directions of the stream."""
+        if self._conn.closed is not None:
+            return
+        with contextlib.suppress(Exception):
+            if not self._write_closed:
+                self._conn._quic.reset_stream(self.stream_id, code)
+            self._conn._quic.stop_stream(self.stream_id, code)
+        self._write_closed = True
+        self._conn._transmit_soon()
+
+
+class QuicConnection(QuicConnectionProtocol):
+    """A snaptun QUIC connection: streams, datagrams, close with code and reason."""
+
+    def __init__(self, quic: _Qh3Connection, *args: Any, settings: QuicSettings, **kwargs: Any):
+        super().__init__(quic, *args, **kwargs)
+        self.settings = settings
+        self.closed: ConnectionLost | None = None
+        self._closed_future: asyncio.Future[ConnectionLost] = self._loop.create_future()
+        self._streams: dict[int, QuicStream] = {}
+        self._incoming: deque[QuicStream] = deque()
+        self._incoming_waiter: asyncio.Future[None] | None = None
+        self._datagrams_in: deque[bytes] = deque()
+        self._datagram_waiter: asyncio.Future[None] | None = None
+        self._datagrams_out: deque[bytes] = deque()
+        self._room_waiter: asyncio.Future[None] | None = None
+        self._flush_handle: asyncio.Handle | None = None
+        self._keepalive: asyncio.TimerHandle | None = None
+        self._ping_uid = 0
+        self.datagrams_dropped_rx = 0
+        self.remote_address: tuple[str, int] | None = None
+        # Until the peer's first long-header packet tells its connection ID
+        # length, assume the longest (peers keep one length for a connection).
+        self._peer_cid_length = _MAX_CID_LENGTH
+        self._peer_cid_known = False
+
+    # ---- connection ------------------------------------------------------------
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        if not self._peer_cid_known:
+            self._learn_peer(bytes(data), addr)
+        super().datagram_received(data, addr)
+
+    def datagrams_received(self, data: list[bytes], addr: Any) -> None:
+        if not self._peer_cid_known and data:
+            self._learn_peer(data[0], addr)
+        super().datagrams_received(data, addr)
+
+    def _learn_peer(self, packet: bytes, addr: Any) -> None:
+        """Note the peer's address and, from a long header, its connection ID length."""
+        if self.remote_address is None:
+            self.remote_address = (str(addr[0]), int(addr[1]))
+        if len(packet) > 6 and packet[0] & 0x80:
+            scid_at = 6 + packet[5]
+            if scid_at < len(packet) and packet[scid_at] <= _MAX_CID_LENGTH:
+                self._peer_cid_length = packet[scid_at]
+                self._peer_cid_known = True
+
+    @property
+    def max_datagram_size(self) -> int | None:
+        """Largest datagram payload the peer and our packet size allow (None: no DATAGRAM)."""
+        peer = self._quic._remote_max_datagram_frame_size
+        if not peer:
+            return None
+        overhead = _DATAGRAM_OVERHEAD + self._peer_cid_length
+        return max(0, min(peer - 3, self.settings.udp_payload_size - overhead))
+
+    def close(self, code: int = 0, reason: str = "") -> None:  # type: ignore[override]
+        """Close with an application error code and reason phrase the peer sees."""
+        if self.closed is not None:
+            return
+        self._quic.close(error_code=code, reason_phrase=reason)
+        self._transmit_now()
+        self._terminated(ConnectionLost(code, reason, by_peer=False))
+
+    async def wait_closed(self) -> ConnectionLost:  # type: ignore[override]
+        """Wait until the connection ended; returns how."""
+        return await asyncio.shield(self._closed_future)
+
+    def _check_open(self) -> None:
+        if self.closed is not None:
+            raise self.closed
+
+    # ---- streams ------------------------------------------------------------------
+
+    async def accept_stream(self) -> QuicStream:
+        """The next bidirectional stream the peer opened."""
+        while not self._incoming:
+            self._check_open()
+            self._incoming_waiter = self._loop.create_future()
+            try:
+                await self._incoming_waiter
+            finally:
+                self._incoming_waiter = None
+        return self._incoming.popleft()
+
+    def open_stream(self) -> QuicStream:
+        """Open a new bidirectional stream."""
+        self._check_open()
+        stream_id = self._quic.get_next_available_stream_id()
+        stream = QuicStream(self, stream_id)
+        self._streams[stream_id] = stream
+        return stream
+
+    # ---- datagrams -----------------------------------------------------------------
+
+    def check_datagram(self, size: int) -> None:
+        """Raise unless a datagram of ``size`` bytes can be queued now."""
+        self._check_open()
+        limit = self.max_datagram_size
+        if limit is None:
+            raise DatagramsUnsupported
+        if size > limit:
+            raise DatagramTooLarge(size, limit)
+
+    def send_datagram(self, data: bytes) -> None:
+        """Queue one datagram, never blocking; a full queue raises :class:`SendBufferFull`."""
+        self.check_datagram(len(data))
+        if len(self._datagrams_out) >= self.settings.send_queue:
+            raise SendBufferFull(self.settings.send_queue)
+        self._datagrams_out.append(data)
+        if self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self._flush_datagrams)
+
+    async def send_datagram_wait(self, data: bytes) -> None:
+        """Queue one datagram, waiting for room in the queue."""
+        self.check_datagram(len(data))
+        while len(self._datagrams_out) >= self.settings.send_queue:
+            self._room_waiter = self._loop.create_future()
+            try:
+                await self._room_waiter
+            finally:
+                self._room_waiter = None
+            self._check_open()
+        self.send_datagram(data)
+
+    async def receive_datagram(self) -> bytes:
+        """The next datagram from the peer; raises :class:`ConnectionLost` when closed."""
+        while not self._datagrams_in:
+            self._check_open()
+            self._datagram_waiter = self._loop.create_future()
+            try:
+                await self._datagram_waiter
+            finally:
+                self._datagram_waiter = None
+        return self._datagrams_in.popleft()
+
+    def _flush_datagrams(self) -> None:
+        self._flush_handle = None
+        if self.closed is not None:
+            return
+        out = self._datagrams_out
+        quic = self._quic
+        try:
+            for _ in range(min(len(out), self.settings.send_batch)):
+                quic.send_datagram_frame(out.popleft())
+            self.transmit()
+        except Exception as exc:  # qh3 raises a bare connection error here
+            log.warning("QUIC transmit failed, closing: %s", exc)
+            self._terminated(ConnectionLost(None, f"transmit failed: {exc}", by_peer=False, application=False)
+            )
+            return
+        if out:
+            self._flush_handle = self._loop.call_soon(self._flush_datagrams)
+        _wake(self._room_waiter)
+
+    # ---- events ----------------------------------------------------------------------
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, DatagramFrameReceived):
+            if len(self._datagrams_in) >= self.settings.receive_queue:
+                self._datagrams_in.popleft()
+                self.datagrams_dropped_rx += 1
+            self._datagrams_in.append(event.data)
+            _wake(self._datagram_waiter)
+        elif isinstance(event, StreamDataReceived):
+            stream = self._streams.get(event.stream_id)
+            if stream is None:
+                if event.stream_id & 3 != (1 if self._quic._is_client else 0):
+                    return  # data for a stream we already forgot
+                stream = QuicStream(self, event.stream_id)
+                self._streams[event.stream_id] = stream
+                self._incoming.append(stream)
+                _wake(self._incoming_waiter)
+            stream._feed(event.data, event.end_stream)
+            if event.end_stream and stream._write_closed:
+                self._streams.pop(event.stream_id, None)
+        elif isinstance(event, StreamReset | StopSendingReceived):
+            stream = self._streams.get(event.stream_id)
+            if stream is not None:
+                stream._fail(QuicStreamReset(event.stream_id, event.error_code))
+        elif isinstance(event, HandshakeCompleted):
+            self._arm_keepalive()
+        elif isinstance(event, ConnectionTerminated):
+            by_peer = self.closed is None
+            application = event.frame_type is _APPLICATION_CLOSE
+            self._terminated(
+                ConnectionLost(
+                    event.error_code, event.reason_phrase, by_peer=by_peer, application=application
+                )
+            )
+
+    def _terminated(self, lost: ConnectionLost) -> None:
+        if self.closed is not None:
+            return
+        self.closed = lost
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+        for stream in self._streams.values():
+            stream._fail(lost)
+        for stream in self._incoming:
+            stream._fail(lost)
+        self._datagrams_out.clear()
+        _wake(self._incoming_waiter)
+        _wake(self._datagram_waiter)
+        _wake(self._room_waiter)
+        if not self._closed_future.done():
+            self._closed_future.set_result(lost)
+
+    # ---- transmit and keep-alive --------------------------------------------------------
+
+    def _transmit_now(self) -> None:
+        try:
+            self.transmit()
+        except Exception as exc:
+            self._terminated(ConnectionLost(None, f"transmit failed: {exc}", by_peer=False, application=False)
+            )
+
+    def _arm_keepalive(self) -> None:
+        interval = self.settings.keep_alive
+        if interval:
+            self._keepalive = self._loop.call_later(interval, self._send_keepalive)
+
+    def _send_keepalive(self) -> None:
+        if self.closed is not None:
+            return
+        self._ping_uid += 1
+        with contextlib.suppress(Exception):
+            self._quic.send_ping(self._ping_uid)
+        self._transmit_now()
+        self._arm_keepalive()
+
+
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
+
+
+# ---- endpoints ---------------------------------------------------------------------------
+
+
+def _base_configuration(settings: QuicSettings, *, is_client: bool) -> QuicConfiguration:
+    return QuicConfiguration(
+        is_client=is_client,
+        alpn_protocols=[ALPN],
+        idle_timeout=settings.idle_timeout,
+        max_datagram_frame_size=_MAX_DATAGRAM_FRAME,
+        max_datagram_size=settings.udp_payload_size,
+        max_stream_data=settings.max_stream_data,
+        probe_datagram_size=settings.path_mtu_discovery,
+    )
+
+
+def fingerprint_of(cert_pem: bytes) -> str:
+    """SHA-256 fingerprint (hex) of the first certificate in ``cert_pem``."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+
+
+class QuicEndpoint:
+    """A listening snaptun QUIC server endpoint; connections arrive via :meth:`accept`."""
+
+    def __init__(self, settings: QuicSettings, backlog: int = 256) -> None:
+        self.settings = settings
+        self._server: QuicServer | None = None
+        self._pending: asyncio.Queue[QuicConnection] = asyncio.Queue(backlog)
+        self.refused_backlog = 0
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        """The bound (host, port)."""
+        assert self._server is not None
+        transport = self._server._transport
+        assert transport is not None
+        sockname: tuple[str, int] = transport.get_extra_info("sockname")[:2]
+        return sockname
+
+    async def accept(self) -> QuicConnection:
+        """The next connection whose handshake completed."""
+        return await self._pending.get()
+
+    def close(self) -> None:
+        """Stop listening (established connections are closed by their owners)."""
+        if self._server is not None:
+            self._server.close()
+
+    def _on_connection(self, conn: QuicConnection) -> None:
+        async def handshake() -> None:
+            with contextlib.suppress(ConnectionError):
+                await conn.wait_connected()
+                try:
+                    self._pending.put_nowait(conn)
+                except asyncio.QueueFull:
+                    self.refused_backlog += 1
+                    conn.close(0x2, "server busy")
+
+        task = asyncio.ensure_future(handshake())
+        _BACKGROUND.add(task)
+        task.add_done_callback(_BACKGROUND.discard)
+
+
+_BACKGROUND: set[asyncio.Future[None]] = set()
+
+
+async def listen(
+    host: str,
+    port: int,
+    *,
+    cert_file: str | Path,
+    key_file: str | Path,
+    settings: QuicSettings | None = None,
+) -> QuicEndpoint:
+    """Bind a server endpoint that presents the PEM certificate and key."""
+    settings = settings or QuicSettings()
+    config = _base_configuration(settings, is_client=False)
+    config.load_cert_chain(str(cert_file), str(key_file))
+    endpoint = QuicEndpoint(settings)
+
+    def create_protocol(quic: _Qh3Connection, **kwargs: Any) -> QuicConnection:
+        conn = QuicConnection(quic, settings=settings, **kwargs)
+        endpoint._on_connection(conn)
+        return conn
+
+    endpoint._server = await serve(host, port, configuration=config, create_protocol=create_protocol)
+    return endpoint
+
+
+def _client_configuration(
+    settings: QuicSettings,
+    *,
+    server_name: str,
+    ca_file: str | Path | None,
+    fingerprint: str | None,
+    insecure: bool,
+) -> QuicConfiguration:
+    config = _base_configuration(settings, is_client=True)
+    config.server_name = server_name
+    # Ed25519 server certificates must be allowed explicitly in qh3.
+    config.signature_algorithms = [
+        SignatureAlgorithm.ECDSA_SECP256R1_SHA256,
+        SignatureAlgorithm.RSA_PSS_RSAE_SHA256,
+        SignatureAlgorithm.ED25519,
+        SignatureAlgorithm.ECDSA_SECP384R1_SHA384,
+        SignatureAlgorithm.RSA_PSS_RSAE_SHA384,
+        SignatureAlgorithm.RSA_PKCS1_SHA256,
+    ]
+    if insecure:
+        config.verify_mode = ssl.CERT_NONE
+    elif fingerprint is not None:
+        config.verify_mode = ssl.CERT_NONE
+        config.assert_fingerprint = fingerprint.replace(":", "").lower()
+    elif ca_file is not None:
+        pem = Path(ca_file).read_bytes()
+        cert = x509.load_pem_x509_certificate(pem)
+        if _is_ca(cert):
+            config.load_verify_locations(cafile=str(ca_file))
+        else:
+            # A self-signed leaf (the usual SNAP setup) cannot anchor a chain in
+            # qh3, so it is pinned: the server must present exactly it.
+            config.verify_mode = ssl.CERT_NONE
+            config.assert_fingerprint = fingerprint_of(pem)
+    else:
+        raise ValueError("give a CA file, a certificate fingerprint, or insecure=True")
+    return config
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+@contextlib.asynccontextmanager
+async def connect(
+    host: str,
+    port: int,
+    *,
+    server_name: str = "localhost",
+    ca_file: str | Path | None = None,
+    fingerprint: str | None = None,
+    insecure: bool = False,
+    settings: QuicSettings | None = None,
+    timeout: float = 5.0,
+) -> Any:
+    """Open a client connection (an async context manager yielding a :class:`QuicConnection`).
+
+    Trust: ``ca_file`` (a CA, or a self-signed server certificate which is
+    then pinned), ``fingerprint`` (SHA-256 of the server certificate), or
+    ``insecure=True`` to skip verification explicitly.
+    """
+    settings = settings or QuicSettings()
+    config = _client_configuration(
+        settings,
+        server_name=server_name,
+        ca_file=ca_file,
+        fingerprint=fingerprint,
+        insecure=insecure,
+    )
+
+    def create_protocol(quic: _Qh3Connection, **kwargs: Any) -> QuicConnection:
+        return QuicConnection(quic, settings=settings, **kwargs)
+
+    async with asyncio.timeout(timeout):
+        manager = _qh3_connect(
+            host, port, configuration=config, create_protocol=create_protocol, wait_connected=True
+        )
+        try:
+            conn: QuicConnection = await manager.__aenter__()
+        except ConnectionError as exc:
+            raise ConnectionLost(None, f"handshake with {host}:{port} failed", by_peer=True) from exc
+    conn.remote_address = (host, port)
+    try:
+        yield conn
+    finally:
+        if conn.closed is None:
+            conn.close(0, "")
+        with contextlib.suppress(Exception):
+            await manager.__aexit__(None, None, None)

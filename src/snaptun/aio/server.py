@@ -1,0 +1,378 @@
+"""The snaptun server: turns an accepted QUIC connection into a tunnel.
+
+The caller owns the QUIC endpoint, as in the reference::
+
+    server = Server(allocator, validator)
+    while True:
+        conn = await endpoint.accept()
+        sender, receiver, control = await server.accept_with_timeout(conn)
+        asyncio.create_task(control.run())      # drives renewals and expiry
+        ...                                     # receiver.receive(), sender.send(p)
+
+The protocol decisions live in the sans-I/O core (``snaptun.core``); this
+module only moves bytes between QUIC streams and the core, with every read
+bounded in time and size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Generator
+from typing import Any, Generic
+
+from snaptun.aio.quic import QuicConnection, QuicStream, QuicStreamReset
+from snaptun.constants import ACCEPT_TIMEOUT, SEND_TIMEOUT, CloseCode
+from snaptun.core.addressing import EndhostAddress
+from snaptun.core.allocator import AddressAllocator
+from snaptun.core.control import ControlRequest, RequestKind, RequestReader, encode_response
+from snaptun.core.state import ControlAnswer, TunnelStateMachine
+from snaptun.core.tokens import TokenT, TokenValidator
+from snaptun.errors import (
+    AcceptConnectionError,
+    AcceptParseError,
+    AcceptSendError,
+    AcceptTimeout,
+    ClosedPrematurely,
+    ConnectionLost,
+    ControlParseError,
+    ControlSendError,
+    NewAssignedAddress,
+    ParseControlRequestError,
+    ReceiveConnectionClosed,
+    ReceiveConnectionError,
+    RequestReadError,
+    SendConnectionClosed,
+    SendControlResponseError,
+    SessionExpired,
+    UnexpectedControlRequest,
+)
+from snaptun.metrics import Metrics
+
+__all__ = ["Control", "Receiver", "Sender", "Server"]
+
+log = logging.getLogger(__name__)
+
+CONTROL_REQUEST_TIMEOUT = ACCEPT_TIMEOUT
+"""Seconds a post-setup control request may take to arrive complete (ours)."""
+MAX_CONCURRENT_REQUESTS = 4
+"""Post-setup requests read at once; further streams are reset."""
+
+
+async def read_request(stream: QuicStream) -> ControlRequest:
+    """Read one control request from ``stream`` (bounded by the reader's size limit)."""
+    reader = RequestReader()
+    while True:
+        try:
+            chunk = await stream.read(4096)
+        except QuicStreamReset as exc:
+            raise RequestReadError() from exc
+        if not chunk:
+            return reader.feed_eof()
+        request = reader.feed_data(chunk)
+        if request is not None:
+            return request
+
+
+async def send_response(stream: QuicStream, response: ControlAnswer) -> None:
+    """Write a response and FIN within SEND_TIMEOUT (the reference never applies it)."""
+    try:
+        async with asyncio.timeout(SEND_TIMEOUT):
+            stream.write(encode_response(response.status, response.body), end_stream=True)
+            await stream.drain()
+    except TimeoutError as exc:
+        raise SendControlResponseError("sending the control response timed out") from exc
+    except (ConnectionError, ConnectionLost) as exc:
+        raise SendControlResponseError(f"sending the control response failed: {exc}") from exc
+
+
+class Server(Generic[TokenT]):
+    """Accepts QUIC connections and turns them into snap tunnels."""
+
+    def __init__(
+        self,
+        allocator: AddressAllocator[TokenT],
+        validator: TokenValidator[TokenT],
+        metrics: Metrics | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        accept_timeout: float = ACCEPT_TIMEOUT,
+    ) -> None:
+        self._allocator = allocator
+        self._validator = validator
+        self.metrics = metrics if metrics is not None else Metrics.isolated()
+        self._clock = clock
+        self._accept_timeout = accept_timeout
+
+    async def accept_with_timeout(
+        self, conn: QuicConnection
+    ) -> tuple[Sender[TokenT], Receiver[TokenT], Control[TokenT]]:
+        """Run the setup (renew_session, then assign_addresses) within ACCEPT_TIMEOUT.
+
+        On failure the connection is closed with the protocol's close code
+        and an :class:`~snaptun.errors.AcceptError` is raised.
+        """
+        machine: TunnelStateMachine[TokenT] = TunnelStateMachine(self._validator, self._allocator)
+        try:
+            async with asyncio.timeout(self._accept_timeout):
+                await self._setup_step(
+                    conn, machine, RequestKind.SESSION_RENEWAL, "expected session renewal request"
+                )
+                await self._setup_step(
+                    conn,
+                    machine,
+                    RequestKind.ADDRESS_ASSIGNMENT,
+                    "expected address assignment request",
+                )
+        except TimeoutError:
+            machine.shutdown()
+            conn.close(CloseCode.TIMEOUT, "timeout establishing snaptun")
+            raise AcceptTimeout from None
+        except BaseException:
+            machine.shutdown()
+            raise
+        version = machine.version
+        return (
+            Sender(conn, machine, version, self.metrics),
+            Receiver(conn, machine, version, self.metrics),
+            Control(conn, machine, self._clock),
+        )
+
+    async def _setup_step(
+        self,
+        conn: QuicConnection,
+        machine: TunnelStateMachine[TokenT],
+        expected: RequestKind,
+        wrong_request_reason: str,
+    ) -> None:
+        try:
+            stream = await conn.accept_stream()
+            request = await read_request(stream)
+        except ConnectionLost as exc:
+            raise AcceptConnectionError(exc) from exc
+        except ParseControlRequestError as exc:
+            conn.close(exc.close_code, exc.reason)
+            raise AcceptParseError(exc) from exc
+        if request.kind is not expected:
+            conn.close(CloseCode.INVALID_REQUEST, wrong_request_reason)
+            raise UnexpectedControlRequest(wrong_request_reason)
+        response = machine.process_control_request(self._clock(), request)
+        try:
+            await send_response(stream, response)
+        except SendControlResponseError as exc:
+            if response.ok:
+                conn.close(CloseCode.INTERNAL_ERROR, "failed to send control response")
+                raise AcceptSendError(exc) from exc
+        if not response.ok:
+            reason = response.body.decode("utf-8", "replace")
+            conn.close(CloseCode.INVALID_REQUEST, reason)
+            raise UnexpectedControlRequest(f"setup request refused with HTTP {response.status}")
+
+
+class Sender(Generic[TokenT]):
+    """Sends packets to the client, one QUIC datagram each."""
+
+    def __init__(
+        self,
+        conn: QuicConnection,
+        machine: TunnelStateMachine[TokenT],
+        version: int,
+        metrics: Metrics,
+    ) -> None:
+        self._conn = conn
+        self._machine = machine
+        self._version = version
+        self._closed = False
+        self._addresses = machine.addresses()
+        self._sent = metrics.datagrams_sent_total
+        self._metrics = metrics
+
+    @property
+    def assigned_addresses(self) -> list[EndhostAddress]:
+        """The addresses this Sender was created for."""
+        return list(self._addresses)
+
+    @property
+    def remote_underlay_address(self) -> tuple[str, int] | None:
+        """The client's UDP address."""
+        return self._conn.remote_address
+
+    def send(self, packet: bytes) -> None:
+        """Send now or raise; never blocks, never truncates, never drops silently."""
+        self._check(packet)
+        try:
+            self._conn.send_datagram(packet)
+        except ConnectionLost:
+            self._closed = True
+            raise SendConnectionClosed from None
+        self._sent.inc()
+
+    async def send_wait(self, packet: bytes) -> None:
+        """Send, waiting for room in the send queue."""
+        self._check(packet)
+        try:
+            await self._conn.send_datagram_wait(packet)
+        except ConnectionLost:
+            self._closed = True
+            raise SendConnectionClosed from None
+        self._sent.inc()
+
+    def close(self, code: CloseCode, reason: str) -> None:
+        """Close the connection with ``code`` and ``reason`` at once."""
+        self._machine.shutdown()
+        self._conn.close(code, reason)
+
+    def _check(self, packet: bytes) -> None:
+        if self._closed:
+            raise SendConnectionClosed
+        machine = self._machine
+        if machine.version != self._version:
+            if machine.is_closed:
+                self._closed = True
+                raise SendConnectionClosed
+            fresh = Sender(self._conn, machine, machine.version, self._metrics)
+            self._closed = True
+            raise NewAssignedAddress(fresh, packet)
+
+
+class Receiver(Generic[TokenT]):
+    """Receives packets from the client."""
+
+    def __init__(
+        self,
+        conn: QuicConnection,
+        machine: TunnelStateMachine[TokenT],
+        version: int,
+        metrics: Metrics,
+    ) -> None:
+        self._conn = conn
+        self._machine = machine
+        self._received = metrics.datagrams_received_total
+
+    async def receive(self) -> bytes:
+        """The next packet; raises once the tunnel or the connection is closed."""
+        if self._machine.is_closed:
+            raise ReceiveConnectionClosed
+        try:
+            packet = await self._conn.receive_datagram()
+        except ConnectionLost as exc:
+            if self._machine.is_closed or not exc.by_peer:
+                raise ReceiveConnectionClosed from None
+            raise ReceiveConnectionError(exc) from None
+        self._received.inc()
+        return packet
+
+
+class Control(Generic[TokenT]):
+    """Drives one tunnel after setup: serves control requests and enforces expiry.
+
+    Await it (or run it as a task). It returns when the client closes the
+    connection and raises a :class:`~snaptun.errors.ControlError` otherwise;
+    either way the tunnel is closed and its address is on hold afterwards.
+    """
+
+    def __init__(
+        self,
+        conn: QuicConnection,
+        machine: TunnelStateMachine[TokenT],
+        clock: Callable[[], float],
+        request_timeout: float = CONTROL_REQUEST_TIMEOUT,
+    ) -> None:
+        self._conn = conn
+        self._machine = machine
+        self._clock = clock
+        self._request_timeout = request_timeout
+        self._changed = asyncio.Event()
+        self._failure: BaseException | None = None
+        self._requests: set[asyncio.Task[None]] = set()
+        self.requests_served = 0
+        self.requests_dropped = 0
+
+    @property
+    def machine(self) -> TunnelStateMachine[TokenT]:
+        """The tunnel's state machine (read-only use: state, expiry, identity)."""
+        return self._machine
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self.run().__await__()
+
+    async def run(self) -> None:
+        """Serve requests until the client leaves, the session expires, or a request fails."""
+        accept = asyncio.ensure_future(self._conn.accept_stream())
+        try:
+            while True:
+                changed = asyncio.ensure_future(self._changed.wait())
+                left = self._machine.seconds_until_expiry(self._clock())
+                timeout = None if left is None else max(left, 0.0)
+                done, _ = await asyncio.wait(
+                    {accept, changed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                changed.cancel()
+                self._changed.clear()
+                if self._failure is not None:
+                    raise self._failure
+                if accept in done:
+                    stream = self._accepted(accept)
+                    if stream is None:
+                        return
+                    self._start_request(stream)
+                    accept = asyncio.ensure_future(self._conn.accept_stream())
+                elif self._machine.is_expired(self._clock()):
+                    self._machine.shutdown()
+                    self._conn.close(CloseCode.SESSION_EXPIRED, "session expired")
+                    raise SessionExpired
+        finally:
+            accept.cancel()
+            for task in self._requests:
+                task.cancel()
+            self._machine.shutdown()
+
+    def _accepted(self, accept: asyncio.Future[QuicStream]) -> QuicStream | None:
+        try:
+            return accept.result()
+        except ConnectionLost as exc:
+            self._machine.shutdown()
+            if exc.application or not exc.by_peer:
+                return None
+            raise ClosedPrematurely(exc) from None
+
+    def _start_request(self, stream: QuicStream) -> None:
+        if len(self._requests) >= MAX_CONCURRENT_REQUESTS:
+            self.requests_dropped += 1
+            stream.reset(0)
+            return
+        task = asyncio.ensure_future(self._serve(stream))
+        self._requests.add(task)
+        task.add_done_callback(self._requests.discard)
+
+    async def _serve(self, stream: QuicStream) -> None:
+        try:
+            async with asyncio.timeout(self._request_timeout):
+                request = await read_request(stream)
+        except TimeoutError:
+            # Ours: a stream that never completes is dropped, not waited on forever.
+            self.requests_dropped += 1
+            stream.reset(0)
+            log.info("control request on stream %d timed out", stream.stream_id)
+            return
+        except ConnectionLost:
+            return
+        except ParseControlRequestError as exc:
+            self._fail(ControlParseError(exc), exc.close_code, exc.reason)
+            return
+        response = self._machine.process_control_request(self._clock(), request)
+        self.requests_served += 1
+        self._changed.set()  # the expiry may have moved
+        try:
+            await send_response(stream, response)
+        except SendControlResponseError as exc:
+            self._fail(ControlSendError(exc), CloseCode.INTERNAL_ERROR, "send control response error")
+
+    def _fail(self, error: BaseException, code: int, reason: str) -> None:
+        self._machine.shutdown()
+        self._conn.close(code, reason)
+        if self._failure is None:
+            self._failure = error
+        self._changed.set()
+

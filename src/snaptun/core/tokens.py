@@ -1,0 +1,316 @@
+"""Bearer tokens: claims, validators, minting and key files (PROTOCOL.md §7).
+
+A server is generic over its claims type: anything that satisfies :class:`Token`
+(an identity, an expiry and the names of its required claims). SNAP tokens are
+EdDSA (Ed25519) JWTs whose claims are :class:`SnapTokenClaims`.
+
+Validation outcomes, each with the HTTP status the server answers (§4)::
+
+    TokenValidationError
+    ├── InvalidSignature   401  the signature verifies with none of the trusted keys
+    ├── MalformedToken     400  not a JWT, an algorithm other than EdDSA, missing or
+    │                           ill-typed required claims
+    └── TokenExpired       401  now > exp
+
+Expiry is checked against the ``now`` given by the caller, never the wall clock.
+Nothing here does I/O except the key-file helpers at the bottom.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+import os
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Generic, Protocol, TypeVar, overload
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+from snaptun.errors import InvalidSignature, MalformedToken, TokenExpired
+
+__all__ = [
+    "ClaimsType",
+    "JwtTokenValidator",
+    "SnapTokenClaims",
+    "StaticTokenValidator",
+    "Token",
+    "TokenT",
+    "TokenT_co",
+    "TokenValidator",
+    "generate_signing_key",
+    "load_private_key",
+    "load_public_key",
+    "mint_token",
+    "write_private_key",
+    "write_public_key",
+]
+
+#: The only JWS algorithm accepted or produced (Ed25519 signatures).
+JWT_ALGORITHM: Final = "EdDSA"
+
+# Namespace for the identity StaticTokenValidator derives from its accepted string.
+_STATIC_NAMESPACE: Final = uuid.UUID("6f1c5b0e-2a7d-4d1e-9a51-5e0c7f3a9b21")
+
+
+class Token(Protocol):
+    """Validated token claims: an identity, an expiry and the claims a token must carry."""
+
+    def id(self) -> str:
+        """The identity that address grants are keyed by."""
+        ...
+
+    def exp_time(self) -> float:
+        """Expiry in unix seconds; the token is expired when now > exp_time()."""
+        ...
+
+    @classmethod
+    def required_claims(cls) -> tuple[str, ...]:
+        """Names of the claims a token of this type must carry."""
+        ...
+
+
+TokenT = TypeVar("TokenT", bound=Token)
+TokenT_co = TypeVar("TokenT_co", bound=Token, covariant=True)
+
+
+class TokenValidator(Protocol[TokenT_co]):
+    """Turns a bearer token into claims, or raises a TokenValidationError subclass."""
+
+    def validate(self, now: float, token: str) -> TokenT_co:
+        """Validate ``token`` at time ``now`` (unix seconds).
+
+        Raises InvalidSignature, MalformedToken or TokenExpired.
+        """
+        ...
+
+
+class ClaimsType(Protocol[TokenT_co]):
+    """A claims class a JWT validator can build: its required claims and a constructor."""
+
+    def required_claims(self) -> tuple[str, ...]:
+        """Names of the claims a token must carry."""
+        ...
+
+    def from_claims(self, claims: Mapping[str, object]) -> TokenT_co:
+        """Build the claims from a decoded JWT payload; MalformedToken if ill-typed."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SnapTokenClaims:
+    """Claims of a SNAP token: ``pssid`` (the identity) and ``exp`` (unix seconds)."""
+
+    pssid: uuid.UUID
+    exp: int
+
+    def id(self) -> str:
+        """The pssid in its canonical hyphenated form."""
+        return str(self.pssid)
+
+    def exp_time(self) -> float:
+        """The ``exp`` claim."""
+        return float(self.exp)
+
+    @classmethod
+    def required_claims(cls) -> tuple[str, ...]:
+        """``pssid`` and ``exp``."""
+        return ("pssid", "exp")
+
+    @classmethod
+    def from_claims(cls, claims: Mapping[str, object]) -> SnapTokenClaims:
+        """Read ``pssid`` (a UUID string) and ``exp`` (a non-negative integer).
+
+        Raises MalformedToken when either is missing or ill-typed.
+        """
+        pssid = claims.get("pssid")
+        exp = claims.get("exp")
+        if pssid is None:
+            raise MalformedToken("token lacks the pssid claim")
+        if exp is None:
+            raise MalformedToken("token lacks the exp claim")
+        if not isinstance(pssid, str):
+            raise MalformedToken("pssid claim is not a string")
+        try:
+            identity = uuid.UUID(pssid)
+        except ValueError:
+            raise MalformedToken("pssid claim is not a UUID") from None
+        # bool is an int in Python, but not in JSON; the reference reads exp as u64.
+        if isinstance(exp, bool) or not isinstance(exp, int) or exp < 0:
+            raise MalformedToken("exp claim is not a non-negative integer")
+        return cls(identity, exp)
+
+    def to_claims(self) -> dict[str, object]:
+        """The JWT payload for these claims."""
+        return {"pssid": str(self.pssid), "exp": self.exp}
+
+
+class JwtTokenValidator(Generic[TokenT]):
+    """Validates EdDSA JWTs against one or more trusted Ed25519 public keys.
+
+    Several keys support key rotation: a token is accepted if its signature
+    verifies with any of them. Only ``alg: EdDSA`` is accepted, so ``none``,
+    HMAC (including the classic trick of signing with the public key as the HMAC
+    secret) and RSA tokens are refused as malformed before any key is tried.
+    A token carrying an ``aud`` claim is refused as malformed, as the reference
+    validator does when no audience is configured.
+    """
+
+    @overload
+    def __init__(
+        self: JwtTokenValidator[SnapTokenClaims],
+        public_keys: Sequence[Ed25519PublicKey],
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self,
+        public_keys: Sequence[Ed25519PublicKey],
+        claims_type: ClaimsType[TokenT],
+    ) -> None: ...
+
+    def __init__(
+        self,
+        public_keys: Sequence[Ed25519PublicKey],
+        claims_type: ClaimsType[TokenT] | None = None,
+    ) -> None:
+        keys = tuple(public_keys)
+        if not keys:
+            raise ValueError("JwtTokenValidator needs at least one public key")
+        for key in keys:
+            if not isinstance(key, Ed25519PublicKey):
+                raise TypeError(f"expected an Ed25519 public key, got {type(key).__name__}")
+        self._keys = keys
+        # Without a claims_type the overloads bind TokenT to SnapTokenClaims.
+        self._claims_type: ClaimsType[TokenT] = (
+            claims_type if claims_type is not None else SnapTokenClaims  # type: ignore[assignment]
+        )
+        self._required = list(self._claims_type.required_claims())
+
+    @property
+    def public_keys(self) -> tuple[Ed25519PublicKey, ...]:
+        """The trusted keys, in the order they are tried."""
+        return self._keys
+
+    def validate(self, now: float, token: str) -> TokenT:
+        """Verify the signature, decode the claims and check expiry against ``now``."""
+        payload = self._verified_payload(token)
+        claims = self._claims_type.from_claims(payload)
+        if now > claims.exp_time():
+            raise TokenExpired(f"token expired at {claims.exp_time():.0f}")
+        return claims
+
+    def _verified_payload(self, token: str) -> dict[str, object]:
+        for key in self._keys:
+            try:
+                payload: dict[str, object] = jwt.decode(
+                    token,
+                    key,
+                    algorithms=[JWT_ALGORITHM],
+                    options={
+                        "require": self._required,
+                        # PyJWT checks these against the wall clock; expiry is ours.
+                        "verify_exp": False,
+                        "verify_nbf": False,
+                        "verify_iat": False,
+                    },
+                )
+            except jwt.InvalidSignatureError:
+                continue
+            except jwt.PyJWTError as exc:
+                raise MalformedToken(f"malformed token: {exc}") from None
+            return payload
+        raise InvalidSignature("token signature does not verify with any trusted key")
+
+
+class StaticTokenValidator:
+    """Accepts exactly one fixed token string, like ``snaptun-ref server --accept-token``.
+
+    For tests, interoperability runs and demos; never for production. Every
+    accepted token gets the same identity (``identity``, or a UUID derived from
+    the accepted string) and expires ``validity`` seconds (rounded up to whole
+    seconds) after ``int(now)``. Anything else is an InvalidSignature (HTTP 401).
+    """
+
+    def __init__(self, accepted: str, validity: float, identity: uuid.UUID | None = None) -> None:
+        if not math.isfinite(validity) or validity < 0:
+            raise ValueError(f"validity must be a non-negative number of seconds, not {validity}")
+        self._accepted = accepted.encode("utf-8")
+        self._validity = math.ceil(validity)
+        if identity is None:
+            identity = uuid.uuid5(_STATIC_NAMESPACE, accepted)
+        self._identity = identity
+
+    @property
+    def identity(self) -> uuid.UUID:
+        """The pssid every accepted token carries."""
+        return self._identity
+
+    def validate(self, now: float, token: str) -> SnapTokenClaims:
+        """The claims for the accepted string; InvalidSignature for anything else."""
+        if not hmac.compare_digest(token.encode("utf-8", "surrogatepass"), self._accepted):
+            raise InvalidSignature("token not accepted")
+        return SnapTokenClaims(self._identity, int(now) + self._validity)
+
+
+def mint_token(private_key: Ed25519PrivateKey, claims: SnapTokenClaims) -> str:
+    """Sign ``claims`` as an EdDSA JWT."""
+    return jwt.encode(claims.to_claims(), private_key, algorithm=JWT_ALGORITHM)
+
+
+def generate_signing_key() -> Ed25519PrivateKey:
+    """A fresh Ed25519 signing key."""
+    return Ed25519PrivateKey.generate()
+
+
+def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
+    """Load an unencrypted Ed25519 private key from a PEM file (PKCS#8)."""
+    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        # ValueError like a PEM that does not parse: the file's content is wrong.
+        raise ValueError(f"{os.fspath(path)}: not an Ed25519 private key")  # noqa: TRY004
+    return key
+
+
+def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
+    """Load an Ed25519 public key from a PEM file.
+
+    A public-key PEM is read as is; for convenience, a private-key PEM is
+    accepted too and its public key derived.
+    """
+    data = Path(path).read_bytes()
+    if b"PRIVATE KEY-----" in data:
+        return load_private_key(path).public_key()
+    key = serialization.load_pem_public_key(data)
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError(f"{os.fspath(path)}: not an Ed25519 public key")  # noqa: TRY004
+    return key
+
+
+def write_private_key(key: Ed25519PrivateKey, path: str | os.PathLike[str]) -> None:
+    """Write ``key`` as an unencrypted PKCS#8 PEM file readable only by its owner (0600)."""
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as file:
+        os.fchmod(fd, 0o600)  # an existing file keeps its mode under O_CREAT
+        file.write(pem)
+
+
+def write_public_key(key: Ed25519PublicKey, path: str | os.PathLike[str]) -> None:
+    """Write ``key`` as a SubjectPublicKeyInfo PEM file."""
+    pem = key.public_bytes(
+        serialization.Encoding.PEM,
+        serialization.PublicFormat.SubjectPublicKeyInfo,
+    )
+    Path(path).write_bytes(pem)

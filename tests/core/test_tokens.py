@@ -1,0 +1,415 @@
+"""Tests of snaptun.core.tokens: claims, JWT and static validators, minting, key files."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import stat
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+from snaptun.core.tokens import (
+    JwtTokenValidator,
+    SnapTokenClaims,
+    StaticTokenValidator,
+    Token,
+    TokenValidator,
+    generate_signing_key,
+    load_private_key,
+    load_public_key,
+    mint_token,
+    write_private_key,
+    write_public_key,
+)
+from snaptun.errors import (
+    InvalidSignature,
+    MalformedToken,
+    TokenExpired,
+    TokenValidationError,
+)
+
+PSSID = uuid.UUID("11111111-2222-4333-8444-555555555555")
+EXP = 1_767_225_600
+NOW = EXP - 100.0
+
+
+@pytest.fixture(scope="module")
+def key() -> Ed25519PrivateKey:
+    return generate_signing_key()
+
+
+@pytest.fixture(scope="module")
+def validator(key: Ed25519PrivateKey) -> JwtTokenValidator[SnapTokenClaims]:
+    return JwtTokenValidator([key.public_key()])
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unsigned(header: dict[str, object], payload: dict[str, object], sig: bytes = b"") -> str:
+    head = _b64(json.dumps(header).encode())
+    body = _b64(json.dumps(payload).encode())
+    return f"{head}.{body}.{_b64(sig)}"
+
+
+def _public_pem(public: Ed25519PublicKey) -> bytes:
+    return public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+# --- claims ----------------------------------------------------------------------------
+
+
+def test_claims_round_trip() -> None:
+    claims = SnapTokenClaims(PSSID, EXP)
+    assert claims.id() == str(PSSID)
+    assert claims.exp_time() == float(EXP)
+    assert SnapTokenClaims.required_claims() == ("pssid", "exp")
+    assert claims.to_claims() == {"pssid": str(PSSID), "exp": EXP}
+    assert SnapTokenClaims.from_claims(claims.to_claims()) == claims
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"exp": EXP},
+        {"pssid": str(PSSID)},
+        {"pssid": 12, "exp": EXP},
+        {"pssid": "not-a-uuid", "exp": EXP},
+        {"pssid": str(PSSID), "exp": "1767225600"},
+        {"pssid": str(PSSID), "exp": 1.5},
+        {"pssid": str(PSSID), "exp": True},
+        {"pssid": str(PSSID), "exp": -1},
+        {"pssid": None, "exp": EXP},
+    ],
+)
+def test_claims_refuse_missing_or_ill_typed(payload: Mapping[str, object]) -> None:
+    with pytest.raises(MalformedToken):
+        SnapTokenClaims.from_claims(payload)
+
+
+# --- JwtTokenValidator -------------------------------------------------------------------
+
+
+def test_valid_token(key: Ed25519PrivateKey, validator: JwtTokenValidator[SnapTokenClaims]) -> None:
+    token = mint_token(key, SnapTokenClaims(PSSID, EXP))
+    assert jwt.get_unverified_header(token)["alg"] == "EdDSA"
+    claims = validator.validate(NOW, token)
+    assert claims == SnapTokenClaims(PSSID, EXP)
+    assert claims.id() == str(PSSID)
+
+
+def test_extra_claims_are_ignored(
+    key: Ed25519PrivateKey, validator: JwtTokenValidator[SnapTokenClaims]
+) -> None:
+    # iat/nbf in the future would fail PyJWT's wall-clock checks; ours ignore them.
+    payload = {"pssid": str(PSSID), "exp": EXP, "data_plane_id": 0, "iat": EXP, "nbf": EXP}
+    token = jwt.encode(payload, key, algorithm="EdDSA")
+    assert validator.validate(NOW, token) == SnapTokenClaims(PSSID, EXP)
+
+
+def test_expiry_uses_given_now_not_wall_clock(
+    key: Ed25519PrivateKey, validator: JwtTokenValidator[SnapTokenClaims]
+) -> None:
+    # exp = 1000 is far in the wall-clock past, yet valid at now = 999.
+    token = mint_token(key, SnapTokenClaims(PSSID, 1000))
+    assert validator.validate(999.0, token).exp == 1000
+
+
+def test_exactly_at_exp_is_valid(
+    key: Ed25519PrivateKey, validator: JwtTokenValidator[SnapTokenClaims]
+) -> None:
+    token = mint_token(key, SnapTokenClaims(PSSID, EXP))
+    assert validator.validate(float(EXP), token).exp == EXP
+
+
+@pytest.mark.parametrize("now", [EXP + 0.001, EXP + 1.0, EXP + 1e6])
+def test_expired(
+    key: Ed25519PrivateKey, validator: JwtTokenValidator[SnapTokenClaims], now: float
+) -> None:
+    token = mint_token(key, SnapTokenClaims(PSSID, EXP))
+    with pytest.raises(TokenExpired) as info:
+        validator.validate(now, token)
+    assert info.value.status == 401
+
+
+def test_other_key_is_invalid_signature(validator: JwtTokenValidator[SnapTokenClaims]) -> None:
+    token = mint_token(generate_signing_key(), SnapTokenClaims(PSSID, EXP))
+    with pytest.raises(InvalidSignature) as info:
+        validator.validate(NOW, token)
+    assert info.value.status == 401
+
+
+def test_tampered_payload_is_invalid_signature(
+    key: Ed25519PrivateKey, validator: JwtTokenValidator[SnapTokenClaims]
+) -> None:
+    token = mint_token(key, SnapTokenClaims(PSSID, EXP))
+    head, _, sig = token.split(".")
+    body = _b64(json.dumps({"pssid": str(uuid.uuid4()), "exp": EXP}).encode())
+    with pytest.raises(InvalidSignature):
+        validator.validate(NOW, f"{head}.{body}.{sig}")
+
+
+def test_alg_none_is_malformed(validator: JwtTokenValidator[SnapTokenClaims]) -> None:
+    token = _unsigned({"alg": "none", "typ": "JWT"}, {"pssid": str(PSSID), "exp": EXP})
+    with pytest.raises(MalformedToken) as info:
+        validator.validate(NOW, token)
+    assert info.value.status == 400
+
+
+def test_hs256_with_public_key_as_secret_is_malformed(
+    key: Ed25519PrivateKey, validator: JwtTokenValidator[SnapTokenClaims]
+) -> None:
+    # The key-confusion attack: HMAC "signed" with the server's public key bytes.
+    # PyJWT refuses PEM keys as HMAC secrets when encoding, so sign by hand.
+    payload = {"pssid": str(PSSID), "exp": EXP}
+    for secret in (
+        _public_pem(key.public_key()),
+        key.public_key().public_bytes_raw(),
+    ):
+        head = _b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+        body = _b64(json.dumps(payload).encode())
+        mac = hmac.new(secret, f"{head}.{body}".encode(), hashlib.sha256).digest()
+        with pytest.raises(MalformedToken):
+            validator.validate(NOW, f"{head}.{body}.{_b64(mac)}")
+
+
+def test_hs256_is_malformed(validator: JwtTokenValidator[SnapTokenClaims]) -> None:
+    token = jwt.encode({"pssid": str(PSSID), "exp": EXP}, "s" * 32, algorithm="HS256")
+    with pytest.raises(MalformedToken):
+        validator.validate(NOW, token)
+
+
+def test_rs256_is_malformed(validator: JwtTokenValidator[SnapTokenClaims]) -> None:
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    token = jwt.encode({"pssid": str(PSSID), "exp": EXP}, rsa_key, algorithm="RS256")
+    with pytest.raises(MalformedToken):
+        validator.validate(NOW, token)
+
+
+def test_es256_is_malformed(validator: JwtTokenValidator[SnapTokenClaims]) -> None:
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    token = jwt.encode({"pssid": str(PSSID), "exp": EXP}, ec_key, algorithm="ES256")
+    with pytest.raises(MalformedToken):
+        validator.validate(NOW, token)
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "",
+        "garbage",
+        "a.b",
+        "a.b.c",
+        "a.b.c.d",
+        "Bearer x",
+        "\u00e9t\u00e9.\u00e9t\u00e9.\u00e9t\u00e9",
+        _b64(b"{}") + "." + _b64(b"{}") + ".",
+        _b64(b"not json") + "." + _b64(b"{}") + "." + _b64(b"x"),
+    ],
+)
+def test_garbage_is_malformed(validator: JwtTokenValidator[SnapTokenClaims], token: str) -> None:
+    with pytest.raises(MalformedToken):
+        validator.validate(NOW, token)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"exp": EXP},
+        {"pssid": str(PSSID)},
+        {"pssid": "not-a-uuid", "exp": EXP},
+        {"pssid": str(PSSID), "exp": "soon"},
+        {"pssid": str(PSSID), "exp": EXP, "aud": "someone-else"},
+    ],
+    ids=["missing-pssid", "missing-exp", "non-uuid-pssid", "string-exp", "audience"],
+)
+def test_bad_claims_are_malformed(
+    key: Ed25519PrivateKey,
+    validator: JwtTokenValidator[SnapTokenClaims],
+    payload: dict[str, object],
+) -> None:
+    token = jwt.encode(payload, key, algorithm="EdDSA")
+    with pytest.raises(MalformedToken):
+        validator.validate(NOW, token)
+
+
+def test_payload_not_an_object_is_malformed(
+    key: Ed25519PrivateKey, validator: JwtTokenValidator[SnapTokenClaims]
+) -> None:
+    token = jwt.api_jws.encode(b"[1, 2]", key, algorithm="EdDSA")
+    with pytest.raises(MalformedToken):
+        validator.validate(NOW, token)
+
+
+def test_key_rotation() -> None:
+    old, new = generate_signing_key(), generate_signing_key()
+    both = JwtTokenValidator([old.public_key(), new.public_key()])
+    assert len(both.public_keys) == 2
+    for signer in (old, new):
+        claims = both.validate(NOW, mint_token(signer, SnapTokenClaims(PSSID, EXP)))
+        assert claims.pssid == PSSID
+    only_new = JwtTokenValidator([new.public_key()])
+    with pytest.raises(InvalidSignature):
+        only_new.validate(NOW, mint_token(old, SnapTokenClaims(PSSID, EXP)))
+    # A malformed token is malformed whatever the keys, and an expired one expired.
+    with pytest.raises(MalformedToken):
+        both.validate(NOW, "garbage")
+    with pytest.raises(TokenExpired):
+        both.validate(EXP + 1.0, mint_token(new, SnapTokenClaims(PSSID, EXP)))
+
+
+def test_validator_needs_keys() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        JwtTokenValidator([])
+    with pytest.raises(TypeError):
+        JwtTokenValidator([b"not a key"])  # type: ignore[list-item]
+
+
+@dataclass(frozen=True)
+class _OtherClaims:
+    sub: str
+    until: int
+
+    def id(self) -> str:
+        return self.sub
+
+    def exp_time(self) -> float:
+        return float(self.until)
+
+    @classmethod
+    def required_claims(cls) -> tuple[str, ...]:
+        return ("sub", "until")
+
+    @classmethod
+    def from_claims(cls, claims: Mapping[str, object]) -> _OtherClaims:
+        sub, until = claims.get("sub"), claims.get("until")
+        if not isinstance(sub, str) or not isinstance(until, int):
+            raise MalformedToken("bad claims")
+        return cls(sub, until)
+
+
+def test_custom_claims_type(key: Ed25519PrivateKey) -> None:
+    validator = JwtTokenValidator([key.public_key()], _OtherClaims)
+    token = jwt.encode({"sub": "alice", "until": EXP}, key, algorithm="EdDSA")
+    claims: _OtherClaims = validator.validate(NOW, token)
+    assert claims == _OtherClaims("alice", EXP)
+    with pytest.raises(TokenExpired):
+        validator.validate(EXP + 1.0, token)
+    # Its required claims, not SNAP's, are enforced.
+    with pytest.raises(MalformedToken):
+        validator.validate(NOW, mint_token(key, SnapTokenClaims(PSSID, EXP)))
+
+
+def test_protocols_are_satisfied(key: Ed25519PrivateKey) -> None:
+    # Checked by mypy: both validators are TokenValidators of SNAP claims.
+    validators: list[TokenValidator[Token]] = [
+        JwtTokenValidator([key.public_key()]),
+        StaticTokenValidator("x", 60),
+    ]
+    assert len(validators) == 2
+
+
+# --- StaticTokenValidator ------------------------------------------------------------
+
+
+def test_static_validator_accepts_only_its_token() -> None:
+    validator = StaticTokenValidator("ANAPAYA", 60)
+    claims = validator.validate(1000.7, "ANAPAYA")
+    assert claims.exp == 1060
+    assert claims.pssid == validator.identity
+    # The identity is stable for the same accepted string (holds survive restarts).
+    assert StaticTokenValidator("ANAPAYA", 5).identity == validator.identity
+    assert StaticTokenValidator("other", 5).identity != validator.identity
+    for wrong in ("", "anapaya", "ANAPAYA ", "ANAPAYAX", "\udcff"):
+        with pytest.raises(InvalidSignature) as info:
+            validator.validate(1000.0, wrong)
+        assert info.value.status == 401
+
+
+def test_static_validator_identity_and_validity() -> None:
+    identity = uuid.uuid4()
+    validator = StaticTokenValidator("t", 2.5, identity=identity)
+    claims = validator.validate(10.2, "t")
+    assert claims == SnapTokenClaims(identity, 13)
+    with pytest.raises(ValueError, match="validity"):
+        StaticTokenValidator("t", -1)
+    with pytest.raises(ValueError, match="validity"):
+        StaticTokenValidator("t", float("nan"))
+
+
+def test_errors_share_a_base() -> None:
+    for cls in (InvalidSignature, MalformedToken, TokenExpired):
+        assert issubclass(cls, TokenValidationError)
+
+
+# --- keys ----------------------------------------------------------------------------
+
+
+def test_key_files_round_trip(tmp_path: Path) -> None:
+    key = generate_signing_key()
+    private_path = tmp_path / "signing.pem"
+    public_path = tmp_path / "verify.pem"
+    write_private_key(key, private_path)
+    write_public_key(key.public_key(), public_path)
+    assert stat.S_IMODE(private_path.stat().st_mode) == 0o600
+    loaded = load_private_key(private_path)
+    assert loaded.private_bytes_raw() == key.private_bytes_raw()
+    raw = key.public_key().public_bytes_raw()
+    assert load_public_key(public_path).public_bytes_raw() == raw
+    # A private-key PEM gives its public key too.
+    assert load_public_key(private_path).public_bytes_raw() == raw
+    token = mint_token(load_private_key(private_path), SnapTokenClaims(PSSID, EXP))
+    assert JwtTokenValidator([load_public_key(public_path)]).validate(NOW, token).pssid == PSSID
+
+
+def test_write_private_key_tightens_existing_file(tmp_path: Path) -> None:
+    path = tmp_path / "key.pem"
+    path.write_text("old")
+    path.chmod(0o644)
+    write_private_key(generate_signing_key(), path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+
+
+def test_load_refuses_other_key_types(tmp_path: Path) -> None:
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    private_path = tmp_path / "ec.pem"
+    private_path.write_bytes(
+        ec_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    public_path = tmp_path / "ec.pub.pem"
+    public_path.write_bytes(
+        ec_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    with pytest.raises(ValueError, match="Ed25519"):
+        load_private_key(private_path)
+    with pytest.raises(ValueError, match="Ed25519"):
+        load_public_key(public_path)
+    with pytest.raises(ValueError, match="Ed25519"):
+        load_public_key(private_path)
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a key")
+    with pytest.raises(ValueError, match="PEM"):
+        load_public_key(garbage)
