@@ -231,7 +231,9 @@ class ClosedPrematurely(ControlError):
 
     def __init__(self, cause: ConnectionLost | None = None) -> None:
         self.cause = cause
-        super().__init__(f"connection closed prematurely: {cause}" if cause else "closed prematurely")
+        super().__init__(
+            f"connection closed prematurely: {cause}" if cause else "closed prematurely"
+        )
 
 
 # --- packets ------------------------------------------------------------------

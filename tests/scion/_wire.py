@@ -65,7 +65,13 @@ def info_field(*, peering: bool = False, cons_dir: bool = False, acc: int, times
 
 
 def hop_field(
-    *, exp_time: int, ingress: int, egress: int, mac: bytes, i_flag: bool = False, e_flag: bool = False
+    *,
+    exp_time: int,
+    ingress: int,
+    egress: int,
+    mac: bytes,
+    i_flag: bool = False,
+    e_flag: bool = False,
 ) -> bytes:
     """Hop field: RSV(6) I E | ExpTime(8) | ConsIngress(16) | ConsEgress(16) | MAC(48)."""
     assert len(mac) == 6

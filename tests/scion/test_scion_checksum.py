@@ -68,7 +68,7 @@ def test_udp_checksum_mismatch_and_length() -> None:
     with pytest.raises(ScionDecodeError, match="checksum") as info:
         decode_udp(corrupted, ADDRESS)
     assert info.value.part is DecodePart.UDP
-    assert decode_udp(corrupted, ADDRESS, verify=False).payload == b"datb"
+    assert decode_udp(corrupted, ADDRESS, verify=False).payload == b"dat`"
     other = AddressHeader(ADDRESS.dst_ia, IsdAs(1, 1), ADDRESS.dst_host, ADDRESS.src_host)
     with pytest.raises(ScionDecodeError, match="checksum"):
         decode_udp(good, other)
@@ -162,7 +162,5 @@ def test_internet_checksum_matches_rfc1071(data: bytes) -> None:
 @given(st.binary(max_size=256), st.integers(0, 0xFFFF), st.integers(0, 0xFFFF))
 def test_udp_checksum_matches_rfc1071(payload: bytes, src: int, dst: int) -> None:
     wire = encode_udp(UdpDatagram(src, dst, payload), ADDRESS)
-    assert rfc1071(pseudo_header(ADDRESS_BYTES, len(wire), 17) + wire) in (0, 0xFFFF) or (
-        wire[6:8] == b"\x00\x00"
-    )
+    assert rfc1071(pseudo_header(ADDRESS_BYTES, len(wire), 17) + wire) == 0
     assert decode_udp(wire, ADDRESS) == UdpDatagram(src, dst, payload)

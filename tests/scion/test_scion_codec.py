@@ -248,7 +248,9 @@ def test_standard_path_with_segment_gap_is_invalid() -> None:
 @pytest.mark.parametrize(
     "packet",
     [
-        pytest.param(ScionPacket(EXPECTED.address, EMPTY_PATH, 17, b"", flow_id=1 << 20), id="flow"),
+        pytest.param(
+            ScionPacket(EXPECTED.address, EMPTY_PATH, 17, b"", flow_id=1 << 20), id="flow"
+        ),
         pytest.param(ScionPacket(EXPECTED.address, EMPTY_PATH, 256, b""), id="next-header"),
         pytest.param(ScionPacket(EXPECTED.address, EMPTY_PATH, 17, bytes(65536)), id="payload"),
         pytest.param(
@@ -269,7 +271,9 @@ def test_standard_path_with_segment_gap_is_invalid() -> None:
         ),
         pytest.param(
             ScionPacket(
-                AddressHeader(IsdAs(1, 1), IsdAs(1, 1), RawHostAddress(0, b"abc"), ServiceAddress(1)),
+                AddressHeader(
+                    IsdAs(1, 1), IsdAs(1, 1), RawHostAddress(0, b"abc"), ServiceAddress(1)
+                ),
                 EMPTY_PATH,
                 17,
                 b"",
@@ -305,5 +309,5 @@ def test_from_segments() -> None:
     assert path.seg_lens == (2, 1, 0)
     assert len(path.info_fields) == 2
     assert path.curr_hf == 1
-    with pytest.raises(ValueError, match="1..3 segments"):
+    with pytest.raises(ValueError, match=r"1\.\.3 segments"):
         StandardPath.from_segments([])

@@ -177,7 +177,9 @@ class ClientControl:
         self.renewals += 1
         return self.session_expiry
 
-    async def assign_addresses(self, desired: Sequence[EndhostAddress] = ()) -> list[EndhostAddress]:
+    async def assign_addresses(
+        self, desired: Sequence[EndhostAddress] = ()
+    ) -> list[EndhostAddress]:
         """Send assign_addresses and return the assigned addresses."""
         body = encode_address_assign_request([AddressRange.from_endhost(a) for a in desired])
         response = await control_request(

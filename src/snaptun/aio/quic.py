@@ -35,6 +35,7 @@ from qh3.asyncio.protocol import QuicConnectionProtocol
 from qh3.asyncio.server import QuicServer, serve
 from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.connection import QuicConnection as _Qh3Connection
+from qh3.quic.connection import QuicConnectionError
 from qh3.quic.events import (
     ConnectionTerminated,
     DatagramFrameReceived,
@@ -164,7 +165,10 @@ class QuicStream:
         self._conn._check_open()
         if self._write_closed:
             raise ConnectionError(f"stream {self.stream_id} already finished")
-        self._conn._quic.send_stream_data(self.stream_id, data, end_stream=end_stream)
+        try:
+            self._conn._quic.send_stream_data(self.stream_id, data, end_stream=end_stream)
+        except QuicConnectionError as exc:
+            raise self._conn._lost_in_qh3(exc) from None
         self._write_closed = end_stream
         self._conn._transmit_soon()
 
@@ -225,11 +229,26 @@ class QuicConnection(QuicConnectionProtocol):
         if not self._peer_cid_known:
             self._learn_peer(bytes(data), addr)
         super().datagram_received(data, addr)
+        if self.closed is None and self._quic._close_event is not None:
+            self._peer_closed()
 
     def datagrams_received(self, data: list[bytes], addr: Any) -> None:
         if not self._peer_cid_known and data:
             self._learn_peer(data[0], addr)
         super().datagrams_received(data, addr)
+        if self.closed is None and self._quic._close_event is not None:
+            self._peer_closed()
+
+    def _peer_closed(self) -> None:
+        """qh3 learnt of a close but reports it only after the draining period: act now."""
+        event = self._quic._close_event
+        assert event is not None
+        application = event.frame_type is _APPLICATION_CLOSE
+        self._terminated(
+            ConnectionLost(
+                event.error_code, event.reason_phrase, by_peer=True, application=application
+            )
+        )
 
     def _learn_peer(self, packet: bytes, addr: Any) -> None:
         """Note the peer's address and, from a long header, its connection ID length."""
@@ -265,6 +284,15 @@ class QuicConnection(QuicConnectionProtocol):
     def _check_open(self) -> None:
         if self.closed is not None:
             raise self.closed
+
+    def _lost_in_qh3(self, exc: Exception) -> ConnectionLost:
+        """qh3 refused an operation because the connection is gone: record and return why."""
+        if self._quic._close_event is not None:
+            self._peer_closed()
+        else:
+            self._terminated(ConnectionLost(None, str(exc), by_peer=False, application=False))
+        assert self.closed is not None
+        return self.closed
 
     # ---- streams ------------------------------------------------------------------
 
@@ -342,7 +370,8 @@ class QuicConnection(QuicConnectionProtocol):
             self.transmit()
         except Exception as exc:  # qh3 raises a bare connection error here
             log.warning("QUIC transmit failed, closing: %s", exc)
-            self._terminated(ConnectionLost(None, f"transmit failed: {exc}", by_peer=False, application=False)
+            self._terminated(
+                ConnectionLost(None, f"transmit failed: {exc}", by_peer=False, application=False)
             )
             return
         if out:
@@ -408,7 +437,8 @@ class QuicConnection(QuicConnectionProtocol):
         try:
             self.transmit()
         except Exception as exc:
-            self._terminated(ConnectionLost(None, f"transmit failed: {exc}", by_peer=False, application=False)
+            self._terminated(
+                ConnectionLost(None, f"transmit failed: {exc}", by_peer=False, application=False)
             )
 
     def _arm_keepalive(self) -> None:
@@ -516,7 +546,9 @@ async def listen(
         endpoint._on_connection(conn)
         return conn
 
-    endpoint._server = await serve(host, port, configuration=config, create_protocol=create_protocol)
+    endpoint._server = await serve(
+        host, port, configuration=config, create_protocol=create_protocol
+    )
     return endpoint
 
 
@@ -603,7 +635,9 @@ async def connect(
         try:
             conn: QuicConnection = await manager.__aenter__()
         except ConnectionError as exc:
-            raise ConnectionLost(None, f"handshake with {host}:{port} failed", by_peer=True) from exc
+            raise ConnectionLost(
+                None, f"handshake with {host}:{port} failed", by_peer=True
+            ) from exc
     conn.remote_address = (host, port)
     try:
         yield conn

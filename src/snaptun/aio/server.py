@@ -367,7 +367,9 @@ class Control(Generic[TokenT]):
         try:
             await send_response(stream, response)
         except SendControlResponseError as exc:
-            self._fail(ControlSendError(exc), CloseCode.INTERNAL_ERROR, "send control response error")
+            self._fail(
+                ControlSendError(exc), CloseCode.INTERNAL_ERROR, "send control response error"
+            )
 
     def _fail(self, error: BaseException, code: int, reason: str) -> None:
         self._machine.shutdown()
@@ -375,4 +377,3 @@ class Control(Generic[TokenT]):
         if self._failure is None:
             self._failure = error
         self._changed.set()
-

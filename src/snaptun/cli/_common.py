@@ -1,0 +1,70 @@
+"""Helpers shared by the ``snaptun`` subcommands: socket addresses, JSON lines, event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import sys
+from collections.abc import Coroutine
+from typing import Any, TextIO
+
+__all__ = [
+    "emit",
+    "format_socket_address",
+    "parse_socket_address",
+    "run_coroutine",
+    "setup_logging",
+]
+
+
+def parse_socket_address(text: str) -> tuple[str, int]:
+    """``IP:PORT``, ``[IPv6]:PORT`` or ``HOST:PORT`` as (host, port); ValueError otherwise."""
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ValueError(f"invalid address {text!r}: expected [IPv6]:PORT")
+        ipaddress.IPv6Address(host)
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"invalid address {text!r}: expected IP:PORT")
+        if ":" in host:
+            raise ValueError(f"invalid address {text!r}: write IPv6 addresses as [IP]:PORT")
+    if not port_text.isdecimal() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"invalid port in {text!r}")
+    return host, int(port_text)
+
+
+def format_socket_address(host: str, port: int) -> str:
+    """``IP:PORT``, with brackets around IPv6 (as snaptun-ref prints it)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def emit(record: dict[str, Any], out: TextIO | None = None) -> None:
+    """Write one compact JSON object as a line and flush."""
+    stream = out if out is not None else sys.stdout
+    stream.write(json.dumps(record, separators=(",", ":")) + "\n")
+    stream.flush()
+
+
+def setup_logging(verbose: int) -> None:
+    """Diagnostics on stderr: warnings by default, info with -v, debug with -vv."""
+    level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if verbose < 2:
+        logging.getLogger("quic").setLevel(logging.WARNING)
+
+
+def run_coroutine(coro: Coroutine[Any, Any, int]) -> int:
+    """Run ``coro`` on uvloop when it is installed, else on the default asyncio loop."""
+    try:
+        import uvloop  # noqa: PLC0415 - optional accelerator
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.run(coro)
+    return uvloop.run(coro)
