@@ -5,7 +5,7 @@ mirrors the error enums of the reference crate ``snap-tun`` 0.1.0, one class
 per enum and one subclass per case::
 
     SnaptunError
-    ├── ConnectionLost                  the QUIC connection ended (code, reason, by_peer, application)
+    ├── ConnectionLost                  the QUIC connection ended (code, reason, by_peer, ...)
     ├── AcceptError
     │   ├── AcceptTimeout               setup not finished within ACCEPT_TIMEOUT
     │   ├── AcceptConnectionError       the connection failed during setup
@@ -43,6 +43,7 @@ per enum and one subclass per case::
     │   ├── NoAddressesAvailable
     │   ├── AddressUnavailable          the asked address is granted or held elsewhere
     │   └── UnsupportedIsdAs            neither the allocator's ISD-AS nor a wildcard
+    ├── ScionDecodeError                a SCION packet does not parse (snaptun.scion)
     └── ClientError                     what the client side raises
         ├── ControlResponseError        a non-2xx answer (.status, .body)
         ├── MalformedResponse           an answer that is not the protocol's

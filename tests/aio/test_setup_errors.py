@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
+import json
 import time
 import uuid
 from pathlib import Path
@@ -226,10 +230,6 @@ async def test_bad_tokens_are_refused_with_close_code_1(
 
 def _hs256(payload: dict[str, object], secret: bytes) -> str:
     """An HS256 JWT whose HMAC key is the public key PEM (the key-confusion attack)."""
-    import base64
-    import hashlib
-    import hmac
-    import json
 
     def b64(data: bytes) -> bytes:
         return base64.urlsafe_b64encode(data).rstrip(b"=")

@@ -65,10 +65,7 @@ class AutoRenewal:
 
     def delay(self, remaining: float) -> float:
         """Seconds to sleep before the next renewal, given the session time left."""
-        if remaining >= self.threshold:
-            delay = remaining * 0.75
-        else:
-            delay = remaining * 0.5
+        delay = remaining * (0.75 if remaining >= self.threshold else 0.5)
         if remaining > 2 * self.min_interval:
             delay = max(delay, self.min_interval)
         return max(delay, 0.0)

@@ -1,4 +1,4 @@
-"""``snaptun echo-server``: a snaptun server that echoes every datagram (like ``snaptun-ref server``)."""
+"""``snaptun echo-server``: a snaptun server echoing every datagram, like ``snaptun-ref server``."""
 
 from __future__ import annotations
 
@@ -30,11 +30,14 @@ from snaptun.core.tokens import (
 )
 from snaptun.tls import write_self_signed
 
-__all__ = ["DEFAULT_POOLS", "ServerOptions", "run_echo_server"]
+__all__ = ["DEFAULT_POOLS", "DEFAULT_POOL_NETWORKS", "ServerOptions", "run_echo_server"]
 
 log = logging.getLogger("snaptun.cli.server")
 
+DEFAULT_TOKEN = "ANAPAYA"  # noqa: S105 - the reference's public test token
+DEFAULT_ISD_AS = IsdAs(1, 0xFF00_0000_0110)
 DEFAULT_POOLS = ("10.0.0.0/24", "fd00::/64")
+DEFAULT_POOL_NETWORKS: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(p) for p in DEFAULT_POOLS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +49,10 @@ class ServerOptions:
     cert: Path | None = None
     key: Path | None = None
     token_validity: float = 60.0
-    accept_token: str = "ANAPAYA"
-    isd_as: IsdAs = IsdAs.parse("1-ff00:0:110")
+    accept_token: str = DEFAULT_TOKEN
+    isd_as: IsdAs = DEFAULT_ISD_AS
     token_keys: tuple[Path, ...] = ()
-    pools: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(p) for p in DEFAULT_POOLS)
+    pools: tuple[IPNetwork, ...] = DEFAULT_POOL_NETWORKS
     echo: bool = True
     max_lifetime: float | None = None
     mtu: int = 1452

@@ -58,7 +58,7 @@ class MessageDecodeError(SnaptunError, ValueError):
     """The bytes are not a valid encoding of the expected protobuf message."""
 
 
-class InvalidAddressRange(SnaptunError, ValueError):  # noqa: N818 - name fixed by the API
+class InvalidAddressRange(SnaptunError, ValueError):
     """An AddressRange is not a single host address (or has a wildcard ISD-AS)."""
 
 
