@@ -26,7 +26,10 @@ def parse_socket_address(text: str) -> tuple[str, int]:
         host, sep, rest = text[1:].partition("]")
         if not sep or not rest.startswith(":"):
             raise ValueError(f"invalid address {text!r}: expected [IPv6]:PORT")
-        ipaddress.IPv6Address(host)
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"invalid address {text!r}: {host!r} is not an IPv6 address") from None
         port_text = rest[1:]
     else:
         host, sep, port_text = text.rpartition(":")
@@ -58,7 +61,8 @@ def setup_logging(verbose: int) -> None:
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if verbose < 2:
-        logging.getLogger("quic").setLevel(logging.WARNING)
+        # qh3 logs every ordinary peer close as a warning.
+        logging.getLogger("quic").setLevel(logging.ERROR)
 
 
 def run_coroutine(coro: Coroutine[Any, Any, int]) -> int:

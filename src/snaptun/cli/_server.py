@@ -100,12 +100,13 @@ def _install_stop_signals(stop: asyncio.Event) -> Callable[[], None]:
     return undo
 
 
+def _nothing() -> None:
+    pass
+
+
 def _log_outcome(outcome: TunnelOutcome) -> None:
-    if not outcome.accepted:
-        log.info("setup from %s refused: %s", outcome.remote, outcome.error)
-    elif outcome.error is not None:
-        log.info("tunnel from %s ended: %s", outcome.remote, outcome.error)
-    else:
+    # Refusals and failures are logged by the echo service itself.
+    if outcome.accepted and outcome.error is None:
         log.info("tunnel from %s closed by the client", outcome.remote)
 
 
@@ -119,11 +120,15 @@ async def run_echo_server(
 ) -> int:
     """Serve until ``stop`` is set, SIGINT/SIGTERM arrives or ``max_lifetime`` passes; returns 0.
 
+    Signal handlers are installed only when no ``stop`` event is given (and
+    only in the main thread).
+
     Prints ``listening IP:PORT`` on ``out`` once the endpoint is bound and
     calls ``ready`` with the bound (host, port).
     """
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
+    handle_signals = stop is None
     stop = stop if stop is not None else asyncio.Event()
     validator = _validator(options)
     allocator = AddressManager(options.isd_as, options.pools)
@@ -132,7 +137,7 @@ async def run_echo_server(
         endpoint = await listen(
             options.host, options.port, cert_file=cert, key_file=key, settings=settings
         )
-        undo_signals = _install_stop_signals(stop)
+        undo_signals = _install_stop_signals(stop) if handle_signals else _nothing
         service = EchoService(
             endpoint, Server(allocator, validator), echo=options.echo, on_outcome=_log_outcome
         )
