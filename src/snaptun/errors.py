@@ -78,8 +78,11 @@ class ConnectionLost(SnaptunError):
         self.by_peer = by_peer
         self.application = application
         """Whether it was an application close (CONNECTION_CLOSE 0x1d), not a transport failure."""
-        who = "peer" if by_peer else "local side"
-        super().__init__(f"connection closed by {who} (code {code}): {reason}")
+        if code is None:
+            super().__init__(f"connection failed: {reason}")
+        else:
+            who = "peer" if by_peer else "local side"
+            super().__init__(f"connection closed by {who} (code {code}): {reason}")
 
     @property
     def close_name(self) -> str | None:

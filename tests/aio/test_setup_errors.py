@@ -16,6 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from snaptun.aio.client import ClientBuilder, control_request
 from snaptun.constants import ACCEPT_TIMEOUT, CloseCode
 from snaptun.core.control import RequestKind, encode_request
 from snaptun.core.messages import AddressRange, encode_address_assign_request
@@ -24,6 +25,7 @@ from snaptun.errors import (
     AcceptParseError,
     AcceptTimeout,
     ConnectionLost,
+    ControlResponseError,
     InvalidRequest,
     RequestClosedPrematurely,
     Unauthenticated,
@@ -225,7 +227,7 @@ async def test_bad_tokens_are_refused_with_close_code_1(
     assert isinstance(refusal, UnexpectedControlRequest)
     assert close is not None
     assert close.code == CloseCode.INVALID_REQUEST
-    assert close.reason == "unauthorized"
+    assert close.reason == "handling session renewal request"
 
 
 def _hs256(payload: dict[str, object], secret: bytes) -> str:
@@ -251,37 +253,69 @@ def assign_body(*ranges: AddressRange) -> bytes:
 V4 = AddressRange(0x0001FF0000000110, 4, 32, bytes([10, 0, 0, 7]))
 
 
-@pytest.mark.parametrize(
-    ("request_body", "reason"),
-    [
-        (assign_body(V4, V4), "multiple address assignments are not supported"),
-        (
-            assign_body(AddressRange(V4.isd_as, 4, 24, V4.address)),
-            "a requested address assignment contained an invalid address range",
-        ),
-        (
-            assign_body(AddressRange(0x0000FF0000000110, 4, 32, V4.address)),
-            "a requested address assignment contained an invalid address range",
-        ),
-        (
-            assign_body(AddressRange(V4.isd_as, 5, 32, V4.address)),
-            "a requested address assignment contained an invalid address range",
-        ),
-        (
-            assign_body(AddressRange(V4.isd_as, 4, 32, b"\x0a\x00\x00")),
-            "a requested address assignment contained an invalid address range",
-        ),
-        (
-            assign_body(AddressRange(0x0002FF0000000110, 4, 32, V4.address)),
-            "either requested address is unavailable, or no addresses are available",
-        ),
-        (
-            assign_body(AddressRange(V4.isd_as, 4, 32, bytes([192, 0, 2, 1]))),
-            "either requested address is unavailable, or no addresses are available",
-        ),
-    ],
-)
-async def test_refused_assignments_close_with_the_answer_as_reason(
-    certs: tuple[Path, Path], request_body: bytes, reason: str
+MULTIPLE = "multiple address assignments are not supported"
+INVALID_RANGE = "a requested address assignment contained an invalid address range"
+UNAVAILABLE = "either requested address is unavailable, or no addresses are available"
+REFUSED_ASSIGNMENTS = [
+    pytest.param(assign_body(V4, V4), 501, MULTIPLE, id="two-addresses"),
+    pytest.param(
+        assign_body(AddressRange(V4.isd_as, 4, 24, V4.address)), 400, INVALID_RANGE, id="prefix-24"
+    ),
+    pytest.param(
+        assign_body(AddressRange(0x0000FF0000000110, 4, 32, V4.address)),
+        400,
+        INVALID_RANGE,
+        id="wildcard-isd",
+    ),
+    pytest.param(
+        assign_body(AddressRange(0x0001000000000000, 4, 32, V4.address)),
+        400,
+        INVALID_RANGE,
+        id="wildcard-as",
+    ),
+    pytest.param(
+        assign_body(AddressRange(V4.isd_as, 5, 32, V4.address)), 400, INVALID_RANGE, id="version-5"
+    ),
+    pytest.param(
+        assign_body(AddressRange(V4.isd_as, 4, 32, b"\x0a\x00\x00")),
+        400,
+        INVALID_RANGE,
+        id="short-address",
+    ),
+    pytest.param(
+        assign_body(AddressRange(0x0002FF0000000110, 4, 32, V4.address)),
+        400,
+        UNAVAILABLE,
+        id="foreign-isd-as",
+    ),
+    pytest.param(
+        assign_body(AddressRange(V4.isd_as, 4, 32, bytes([192, 0, 2, 1]))),
+        400,
+        UNAVAILABLE,
+        id="outside-pool",
+    ),
+]
+
+
+@pytest.mark.parametrize(("request_body", "status", "answer"), REFUSED_ASSIGNMENTS)
+async def test_refused_assignments_during_setup_close_with_code_1(
+    certs: tuple[Path, Path], request_body: bytes, status: int, answer: str
 ) -> None:
-    await expect_close(certs, [RENEW, request_body], CloseCode.INVALID_REQUEST, reason)
+    await expect_close(
+        certs,
+        [RENEW, request_body],
+        CloseCode.INVALID_REQUEST,
+        "handling address assignment request",
+    )
+
+
+@pytest.mark.parametrize(("request_body", "status", "answer"), REFUSED_ASSIGNMENTS)
+async def test_refused_assignments_after_setup_answer_status_and_reason(
+    certs: tuple[Path, Path], request_body: bytes, status: int, answer: str
+) -> None:
+    async with running_server(certs) as harness, harness.connect() as conn:
+        await ClientBuilder(TOKEN).connect(conn)
+        with pytest.raises(ControlResponseError) as refused:
+            await control_request(conn, request_body)
+        assert (refused.value.status, refused.value.body.decode()) == (status, answer)
+        assert conn.closed is None  # after setup a refusal leaves the tunnel up

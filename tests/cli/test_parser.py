@@ -37,7 +37,8 @@ def test_echo_server_defaults() -> None:
     args = build_parser().parse_args(["echo-server", "--listen", "127.0.0.1:0"])
     options = server_options(args)
     assert (options.host, options.port) == ("127.0.0.1", 0)
-    assert options.cert is None and options.key is None
+    assert options.cert is None
+    assert options.key is None
     assert options.token_validity == 60.0
     assert options.accept_token == "ANAPAYA"
     assert options.isd_as == IsdAs.parse("1-ff00:0:110")
@@ -74,7 +75,8 @@ def test_echo_server_flags() -> None:
     )
     options = server_options(args)
     assert (options.host, options.port) == ("::1", 4433)
-    assert options.cert == Path("c.pem") and options.key == Path("k.pem")
+    assert options.cert == Path("c.pem")
+    assert options.key == Path("k.pem")
     assert options.token_validity == 1.5
     assert options.accept_token == "T"
     assert options.isd_as == IsdAs(2, 64496)
@@ -90,7 +92,9 @@ def test_echo_client_defaults() -> None:
     args = build_parser().parse_args(["echo-client", "--connect", "127.0.0.1:1", "--insecure"])
     options = client_options(args)
     assert (options.host, options.port) == ("127.0.0.1", 1)
-    assert options.insecure and options.ca is None and options.fingerprint is None
+    assert options.insecure
+    assert options.ca is None
+    assert options.fingerprint is None
     assert options.token == "ANAPAYA"
     assert options.addresses == ()
     assert (options.count, options.size, options.echo_timeout, options.retries) == (
@@ -100,7 +104,8 @@ def test_echo_client_defaults() -> None:
         2,
     )
     assert options.hold == 0.0
-    assert options.renew_every is None and options.renew_token is None
+    assert options.renew_every is None
+    assert options.renew_token is None
     assert not options.auto_renew
     assert options.expect_close is None
     assert options.mtu == 1452

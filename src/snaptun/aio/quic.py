@@ -74,9 +74,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # Bytes of a 1-RTT packet around one DATAGRAM frame, besides the peer's
-# connection ID: first byte, 4-byte packet number (worst case), 16-byte AEAD
-# tag, frame type and a 2-byte length.
-_DATAGRAM_OVERHEAD: Final = 1 + 4 + 16 + 1 + 2
+# connection ID: first byte, 4-byte packet number, 16-byte AEAD tag, frame
+# type and an 8-byte length. The length needs only 2 bytes, but counting 8 is
+# quinn's rule, so both implementations agree on the largest datagram (1414
+# bytes at the default packet size) and every datagram we send can be echoed.
+_DATAGRAM_OVERHEAD: Final = 1 + 4 + 16 + 1 + 8
 _MAX_CID_LENGTH: Final = 20
 _MAX_DATAGRAM_FRAME: Final = 65535
 _APPLICATION_CLOSE = None  # qh3 reports an application close with frame_type None
@@ -629,16 +631,21 @@ async def connect(
     def create_protocol(quic: _Qh3Connection, **kwargs: Any) -> QuicConnection:
         return QuicConnection(quic, settings=settings, **kwargs)
 
-    async with asyncio.timeout(timeout):
-        manager = _qh3_connect(
-            host, port, configuration=config, create_protocol=create_protocol, wait_connected=True
-        )
-        try:
+    manager = _qh3_connect(
+        host, port, configuration=config, create_protocol=create_protocol, wait_connected=True
+    )
+    try:
+        async with asyncio.timeout(timeout):
             conn = cast(QuicConnection, await manager.__aenter__())
-        except ConnectionError as exc:
-            raise ConnectionLost(
-                None, f"handshake with {host}:{port} failed", by_peer=True
-            ) from exc
+    except ConnectionError as exc:
+        raise ConnectionLost(None, f"handshake with {host}:{port} failed", by_peer=True) from exc
+    except TimeoutError:
+        raise ConnectionLost(
+            None,
+            f"no handshake with {host}:{port} within {timeout} s",
+            by_peer=False,
+            application=False,
+        ) from None
     conn.remote_address = (host, port)
     try:
         yield conn

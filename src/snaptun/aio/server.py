@@ -58,6 +58,11 @@ CONTROL_REQUEST_TIMEOUT = ACCEPT_TIMEOUT
 """Seconds a post-setup control request may take to arrive complete (ours)."""
 MAX_CONCURRENT_REQUESTS = 4
 """Post-setup requests read at once; further streams are reset."""
+_REFUSED_REASON = {
+    RequestKind.SESSION_RENEWAL: "handling session renewal request",
+    RequestKind.ADDRESS_ASSIGNMENT: "handling address assignment request",
+}
+"""Close reasons of the reference when a setup request is answered with an error."""
 
 
 async def read_request(stream: QuicStream) -> ControlRequest:
@@ -165,8 +170,7 @@ class Server(Generic[TokenT]):
                 conn.close(CloseCode.INTERNAL_ERROR, "failed to send control response")
                 raise AcceptSendError(exc) from exc
         if not response.ok:
-            reason = response.body.decode("utf-8", "replace")
-            conn.close(CloseCode.INVALID_REQUEST, reason)
+            conn.close(CloseCode.INVALID_REQUEST, _REFUSED_REASON[expected])
             raise UnexpectedControlRequest(f"setup request refused with HTTP {response.status}")
 
 

@@ -280,9 +280,6 @@ class _EchoClient:
     def _failure(self, exc: BaseException, lost: ConnectionLost | None) -> dict[str, Any]:
         cause = exc.cause if isinstance(exc, RenewalFailed) else exc
         error = str(exc) or type(exc).__name__
-        if isinstance(exc, TimeoutError) and self.conn is None:
-            o = self.options
-            error = f"QUIC handshake with {o.host}:{o.port} timed out after {o.connect_timeout} s"
         expect = self.options.expect_close
         if expect is not None and lost is not None:
             error = f"expected the server to close with code {expect}, got {lost.code}: {error}"
