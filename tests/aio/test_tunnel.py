@@ -21,9 +21,11 @@ from snaptun.errors import (
     NewAssignedAddress,
     ReceiveConnectionClosed,
     ReceivePacketError,
+    RenewalFailed,
     SendConnectionClosed,
     SessionExpired,
 )
+from snaptun.tls import write_self_signed
 from tests.aio.harness import ISD_AS, TOKEN, running_server
 
 
@@ -208,3 +210,36 @@ async def test_server_close_makes_client_sends_fail(certs: tuple[Path, Path]) ->
             await receiver.receive()
         with pytest.raises(SendConnectionClosed):
             tunnel.sender.send(b"x")
+
+
+async def test_ed25519_server_certificate(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    write_self_signed(cert, key, key_type="ed25519")
+    async with running_server((cert, key)) as harness, harness.connect() as conn:
+        sender, receiver, _ = await ClientBuilder(TOKEN).connect(conn)
+        sender.send(b"over an Ed25519 handshake")
+        assert await asyncio.wait_for(receiver.receive(), 3) == b"over an Ed25519 handshake"
+
+
+async def test_automatic_renewal_gives_up_after_its_retries(certs: tuple[Path, Path]) -> None:
+    attempts = 0
+
+    async def refused_token() -> str:
+        nonlocal attempts
+        attempts += 1
+        return "WRONG"
+
+    async with (
+        running_server(certs, validator=StaticTokenValidator(TOKEN, 6)) as harness,
+        harness.connect() as conn,
+    ):
+        builder = ClientBuilder(TOKEN).with_auto_renewal(
+            refused_token, threshold=300, retries=2, backoff_base=0.1
+        )
+        _, _, control = await builder.connect(conn)
+        with pytest.raises(RenewalFailed) as failed:
+            await asyncio.wait_for(control.run(), 8)
+        assert attempts == 3
+        assert isinstance(failed.value.cause, ControlResponseError)
+        assert failed.value.cause.status == 401
+        assert conn.closed is not None
