@@ -43,6 +43,7 @@ class Harness:
     metrics: Metrics
     tunnels: asyncio.Queue[Tunnel] = field(default_factory=asyncio.Queue)
     refused: asyncio.Queue[AcceptError] = field(default_factory=asyncio.Queue)
+    connections: list[quic.QuicConnection] = field(default_factory=list)
 
     @contextlib.asynccontextmanager
     async def connect(self, **settings: Any) -> AsyncIterator[quic.QuicConnection]:
@@ -96,6 +97,7 @@ async def running_server(
                     await tunnel.sender.send_wait(packet)
 
     async def handle(conn: quic.QuicConnection) -> None:
+        harness.connections.append(conn)
         try:
             sender, receiver, control = await server.accept_with_timeout(conn)
         except AcceptError as exc:

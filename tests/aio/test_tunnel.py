@@ -243,3 +243,14 @@ async def test_automatic_renewal_gives_up_after_its_retries(certs: tuple[Path, P
         assert isinstance(failed.value.cause, ControlResponseError)
         assert failed.value.cause.status == 401
         assert conn.closed is not None
+
+
+async def test_finished_control_streams_are_forgotten(certs: tuple[Path, Path]) -> None:
+    async with running_server(certs) as harness, harness.connect() as conn:
+        _, _, control = await ClientBuilder(TOKEN).connect(conn)
+        for _ in range(20):
+            await control.renew_session()
+        (server_side,) = harness.connections
+        await asyncio.sleep(0.05)
+        assert server_side.open_streams == 0
+        assert conn.open_streams == 0

@@ -173,6 +173,12 @@ class QuicStream:
             raise self._conn._lost_in_qh3(exc) from None
         self._write_closed = end_stream
         self._conn._transmit_soon()
+        self._forget_if_done()
+
+    def _forget_if_done(self) -> None:
+        """Drop the connection's reference once both directions are finished."""
+        if self._write_closed and (self._eof or self._error is not None):
+            self._conn._streams.pop(self.stream_id, None)
 
     def finish(self) -> None:
         """Send FIN."""
@@ -198,6 +204,8 @@ class QuicStream:
                 self._conn._quic.reset_stream(self.stream_id, code)
             self._conn._quic.stop_stream(self.stream_id, code)
         self._write_closed = True
+        self._eof = True
+        self._conn._streams.pop(self.stream_id, None)
         self._conn._transmit_soon()
 
 
@@ -262,6 +270,11 @@ class QuicConnection(QuicConnectionProtocol):
             if scid_at < len(packet) and packet[scid_at] <= _MAX_CID_LENGTH:
                 self._peer_cid_length = packet[scid_at]
                 self._peer_cid_known = True
+
+    @property
+    def open_streams(self) -> int:
+        """Streams still tracked (not finished in both directions)."""
+        return len(self._streams)
 
     @property
     def max_datagram_size(self) -> int | None:
@@ -400,12 +413,13 @@ class QuicConnection(QuicConnectionProtocol):
                 self._incoming.append(stream)
                 _wake(self._incoming_waiter)
             stream._feed(event.data, event.end_stream)
-            if event.end_stream and stream._write_closed:
-                self._streams.pop(event.stream_id, None)
+            if event.end_stream:
+                stream._forget_if_done()
         elif isinstance(event, StreamReset | StopSendingReceived):
             stream = self._streams.get(event.stream_id)
             if stream is not None:
                 stream._fail(QuicStreamReset(event.stream_id, event.error_code))
+                stream._forget_if_done()
         elif isinstance(event, HandshakeCompleted):
             self._arm_keepalive()
         elif isinstance(event, ConnectionTerminated):

@@ -140,7 +140,7 @@ class Server(Generic[TokenT]):
         version = machine.version
         return (
             Sender(conn, machine, version, self.metrics),
-            Receiver(conn, machine, version, self.metrics),
+            Receiver(conn, machine, self.metrics),
             Control(conn, machine, self._clock),
         )
 
@@ -247,7 +247,6 @@ class Receiver(Generic[TokenT]):
         self,
         conn: QuicConnection,
         machine: TunnelStateMachine[TokenT],
-        version: int,
         metrics: Metrics,
     ) -> None:
         self._conn = conn
