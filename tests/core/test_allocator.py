@@ -478,6 +478,124 @@ def test_restore_drops_holds_already_over() -> None:
     assert m.free_count(4) == 254
 
 
+# --- reserved addresses --------------------------------------------------------------------
+
+GATEWAY4 = ip("192.168.0.1")
+GATEWAY6 = ip("2001:db8::1")
+
+
+def reserving(
+    prefixes: list[IPNetwork], *reserved: str, rng: random.Random | None = None
+) -> AddressManager:
+    return AddressManager(
+        OWN,
+        prefixes,
+        hold_time=HOLD,
+        clock=FakeClock(),
+        rng=rng or random.Random(1),
+        reserved=[ip(a) for a in reserved],
+    )
+
+
+@pytest.mark.parametrize("address", ["192.168.0.1", "2001:db8::1"])
+def test_reserved_address_is_never_granted_on_request(address: str) -> None:
+    m = reserving([V4_24, V6_64], "192.168.0.1", "2001:db8::1")
+    with pytest.raises(AddressUnavailable, match="reserved"):
+        m.allocate(OWN, host(address), claims(1))
+    assert m.grants() == []
+    # Not even to an identity that holds another address (its grant stays).
+    m.allocate(OWN, host("192.168.0.7"), claims(2))
+    with pytest.raises(AddressUnavailable, match="reserved"):
+        m.allocate(OWN, host(address), claims(2))
+    assert [g.address for g in m.grants()] == [ip("192.168.0.7")]
+
+
+def test_reserved_address_is_never_picked() -> None:
+    m = reserving([net("10.0.0.0/30"), net("2001:db8::/127")], "10.0.0.1", "2001:db8::")
+    for n in range(20):  # the random picks never land on it
+        got = m.allocate(OWN, ANY4, claims(n)).address.ip
+        assert got == ip("10.0.0.2")
+        m.deallocate(alloc_id(n))
+    assert m.allocate(OWN, ANY4, claims(1)).address.ip == ip("10.0.0.2")
+    with pytest.raises(NoAddressesAvailable):
+        m.allocate(OWN, ANY4, claims(2))
+    assert m.allocate(OWN, ANY6, claims(3)).address.ip == ip("2001:db8::1")
+    with pytest.raises(NoAddressesAvailable):
+        m.allocate(OWN, ANY6, claims(4))
+
+
+def test_reserved_address_is_skipped_by_the_walk() -> None:
+    # StuckRandom always tries index 0 (10.0.0.1, reserved), then walks from it.
+    m = reserving([net("10.0.0.0/29")], "10.0.0.1", "10.0.0.2", rng=StuckRandom())
+    got = [m.allocate(OWN, ANY4, claims(n)).address.ip for n in range(4)]
+    assert got == [ip(f"10.0.0.{i}") for i in (3, 4, 5, 6)]
+    with pytest.raises(NoAddressesAvailable):
+        m.allocate(OWN, ANY4, claims(9))
+
+
+def test_free_count_excludes_reserved() -> None:
+    # Reserved addresses outside the pools, or unusable ones, do not count.
+    m = reserving(
+        [V4_24, V6_64], "192.168.0.1", "192.168.0.0", "10.0.0.1", "2001:db8::1", "fd00::1"
+    )
+    assert m.free_count(4) == 253
+    assert m.free_count(6) == 2**64 - 2
+    assert m.reserved == {
+        ip(a) for a in ("192.168.0.1", "192.168.0.0", "10.0.0.1", "2001:db8::1", "fd00::1")
+    }
+    m.allocate(OWN, ANY4, claims(1))
+    assert m.free_count(4) == 252
+    assert reserving([V4_24]).reserved == frozenset()
+
+
+def test_restore_refuses_reserved_address() -> None:
+    m = reserving([V4_24], "192.168.0.1")
+    with pytest.raises(ValueError, match="reserved"):
+        m.restore([Grant("x", GATEWAY4, GrantState.ACTIVE)])
+    assert m.grants() == []
+
+
+def test_reserved_must_be_addresses() -> None:
+    with pytest.raises(TypeError):
+        AddressManager(OWN, [V4_24], reserved=["192.168.0.1"])  # type: ignore[list-item]
+    with pytest.raises(TypeError):
+        AddressManager(OWN, [V4_24], reserved=[V4_24])  # type: ignore[list-item]
+
+
+def test_is_usable() -> None:
+    m = reserving([V4_24, V6_64], "192.168.0.1", "2001:db8::1")
+    m.allocate(OWN, host("192.168.0.2"), claims(1))
+    assert m.is_usable(ip("192.168.0.2"))  # granted, but usable
+    assert m.is_usable(ip("2001:db8::2"))
+    for address in ("192.168.0.1", "2001:db8::1", "192.168.0.0", "192.168.0.255", "10.0.0.1"):
+        assert not m.is_usable(ip(address))
+
+
+# --- accessors for persistence -------------------------------------------------------------
+
+
+def test_now_reads_the_clock() -> None:
+    clock = FakeClock(5.0)
+    m = manager(clock=clock)
+    assert m.now() == 5.0
+    clock.advance(1.5)
+    assert m.now() == 6.5
+
+
+def test_grant_of() -> None:
+    clock = FakeClock()
+    m = manager(clock=clock)
+    assert m.grant_of(claims(1).id()) is None
+    m.allocate(OWN, host("192.168.0.1"), claims(1))
+    assert m.grant_of(claims(1).id()) == Grant(claims(1).id(), ip("192.168.0.1"), GrantState.ACTIVE)
+    m.put_on_hold(alloc_id(1))
+    held = Grant(claims(1).id(), ip("192.168.0.1"), GrantState.HELD, clock.now + HOLD)
+    assert m.grant_of(claims(1).id()) == held
+    clock.advance(HOLD + 1)  # the hold ends: expired lazily like every other call
+    assert m.grant_of(claims(1).id()) is None
+    assert m.free_count(4) == 254
+
+
 def test_is_an_address_allocator() -> None:
     allocator: AddressAllocator[SnapTokenClaims] = manager()
     assert allocator.allocate(OWN, ANY4, claims(1)).address.isd_as == OWN
@@ -492,10 +610,11 @@ def test_errors_share_a_base() -> None:
 
 SM_HOLD = 10.0
 SM_POOL4 = net("10.0.0.0/30")  # 10.0.0.1, 10.0.0.2
-SM_POOL6 = net("2001:db8::/126")  # ::1, ::2, ::3
+SM_POOL6 = net("2001:db8::/126")  # ::1, ::2, ::3 (reserved)
+SM_RESERVED = [ip("2001:db8::3"), ip("10.0.0.99")]  # one inside a pool, one outside
 SM_USABLE = {
     4: {ip("10.0.0.1"), ip("10.0.0.2")},
-    6: {ip("2001:db8::1"), ip("2001:db8::2"), ip("2001:db8::3")},
+    6: {ip("2001:db8::1"), ip("2001:db8::2")},
 }
 SM_REQUESTS = [
     ANY4,
@@ -523,6 +642,7 @@ class AllocatorMachine(RuleBasedStateMachine):
             hold_time=SM_HOLD,
             clock=self.clock,
             rng=random.Random(0),
+            reserved=SM_RESERVED,
         )
 
     def _expire_model(self) -> None:

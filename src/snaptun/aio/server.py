@@ -222,7 +222,12 @@ class Sender(Generic[TokenT]):
             raise SendConnectionClosed from None
         self._sent.inc()
 
-    def close(self, code: CloseCode, reason: str) -> None:
+    @property
+    def max_packet_size(self) -> int | None:
+        """Largest packet that fits one datagram to the client."""
+        return self._conn.max_datagram_size
+
+    def close(self, code: int, reason: str) -> None:
         """Close the connection with ``code`` and ``reason`` at once."""
         self._machine.shutdown()
         self._conn.close(code, reason)
@@ -289,6 +294,7 @@ class Control(Generic[TokenT]):
         self._changed = asyncio.Event()
         self._failure: BaseException | None = None
         self._requests: set[asyncio.Task[None]] = set()
+        self._listeners: list[Callable[[], None]] = []
         self.requests_served = 0
         self.requests_dropped = 0
 
@@ -296,6 +302,10 @@ class Control(Generic[TokenT]):
     def machine(self) -> TunnelStateMachine[TokenT]:
         """The tunnel's state machine (read-only use: state, expiry, identity)."""
         return self._machine
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` after a request changed the tunnel (new address, renewal)."""
+        self._listeners.append(listener)
 
     def __await__(self) -> Generator[Any, None, None]:
         return self.run().__await__()
@@ -367,6 +377,9 @@ class Control(Generic[TokenT]):
         response = self._machine.process_control_request(self._clock(), request)
         self.requests_served += 1
         self._changed.set()  # the expiry may have moved
+        if response.ok:
+            for listener in self._listeners:
+                listener()
         try:
             await send_response(stream, response)
         except SendControlResponseError as exc:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from snaptun.cli import _connect, _serve, _token
 from snaptun.cli._client import SEQ_BYTES, ClientOptions, run_echo_client
 from snaptun.cli._common import parse_socket_address, run_coroutine, setup_logging
 from snaptun.cli._server import (
@@ -87,7 +88,8 @@ def _add_quic_flags(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``snaptun``."""
     parser = argparse.ArgumentParser(
-        prog="snaptun", description="SNAP tunnel (snaptun 0.1.0) echo server and client."
+        prog="snaptun",
+        description="SNAP tunnel (snaptun 0.1.0): gateway, client bridge, tokens, diagnostics.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -228,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="QUIC handshake limit (5)",
     )
     _add_quic_flags(client)
+    for module in (_serve, _token, _connect):
+        module.register(commands)
     return parser
 
 
@@ -283,6 +287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``snaptun`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    run: Callable[[argparse.Namespace], int] | None = getattr(args, "run", None)
+    if run is not None:  # subcommands that register themselves (serve, token, connect)
+        return run(args)
     setup_logging(args.verbose)
     if args.command == "echo-server":
         if (args.cert is None) != (args.key is None):

@@ -18,7 +18,11 @@ lazily: every public call first frees the holds that ended before ``clock()``.
 Refusals raise :class:`~snaptun.errors.AddressAllocationError` subclasses:
 ``UnsupportedIsdAs``, ``NoAddressesAvailable`` (pool of the family exhausted or
 absent) and ``AddressUnavailable`` (outside the pools, not a host prefix, or
-granted/held for another identity).
+granted/held for another identity, or reserved).
+
+Reserved addresses (the gateway's own, e.g. the source of its SCMP replies) are
+never granted: asking for one is ``AddressUnavailable``, "any" skips them, and
+``free_count`` does not count them.
 
 The manager is sans-I/O and not thread-safe; time comes from the injected clock.
 """
@@ -56,8 +60,8 @@ __all__ = [
 DEFAULT_HOLD_TIME: Final = 600.0
 
 # Random picks tried before walking the pool from a random start. The walk takes
-# at most (granted addresses of the family + 1) steps, so neither a huge IPv6
-# pool nor a nearly full IPv4 pool is ever enumerated.
+# at most (granted and reserved addresses of the family + 1) steps, so neither
+# a huge IPv6 pool nor a nearly full IPv4 pool is ever enumerated.
 _RANDOM_TRIES: Final = 16
 
 TokenT_contra = TypeVar("TokenT_contra", bound=Token, contravariant=True)
@@ -182,7 +186,8 @@ class AddressManager:
 
     Usable addresses exclude the network and broadcast addresses of IPv4
     prefixes shorter than /31 and the subnet-router anycast address (the
-    all-zero host part) of IPv6 prefixes shorter than /127.
+    all-zero host part) of IPv6 prefixes shorter than /127, and the
+    ``reserved`` addresses.
     """
 
     def __init__(
@@ -192,6 +197,8 @@ class AddressManager:
         hold_time: float = DEFAULT_HOLD_TIME,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        *,
+        reserved: Iterable[IPAddress] = (),
     ) -> None:
         if isd_as.is_wildcard:
             raise ValueError(f"an allocator's ISD-AS must not be a wildcard: {isd_as}")
@@ -200,6 +207,10 @@ class AddressManager:
         for prefix in prefixes:
             if not isinstance(prefix, ipaddress.IPv4Network | ipaddress.IPv6Network):
                 raise TypeError(f"expected an IPv4Network or IPv6Network, got {prefix!r}")
+        reserved = frozenset(reserved)
+        for address in reserved:
+            if not isinstance(address, ipaddress.IPv4Address | ipaddress.IPv6Address):
+                raise TypeError(f"expected an IPv4Address or IPv6Address, got {address!r}")
         self._isd_as = isd_as
         self._prefixes = tuple(prefixes)
         self._hold_time = float(hold_time)
@@ -208,6 +219,12 @@ class AddressManager:
         self._pools = {
             version: _Pool(version, [p for p in self._prefixes if p.version == version])
             for version in (4, 6)
+        }
+        self._reserved = reserved
+        # Reserved addresses inside a pool, per version: never free, never granted.
+        self._reserved_in_pool = {
+            version: sum(1 for a in reserved if a.version == version and pool.contains(a))
+            for version, pool in self._pools.items()
         }
         self._by_identity: dict[str, _Entry] = {}
         self._by_address: dict[IPAddress, str] = {}
@@ -230,6 +247,15 @@ class AddressManager:
         """Seconds a grant is held after put_on_hold."""
         return self._hold_time
 
+    @property
+    def reserved(self) -> frozenset[IPAddress]:
+        """Addresses that are never granted."""
+        return self._reserved
+
+    def now(self) -> float:
+        """The current time of the injected clock (unix seconds)."""
+        return self._clock()
+
     # --- AddressAllocator ---------------------------------------------------------
 
     def allocate(self, isd_as: IsdAs, prefix: IPNetwork, claims: Token) -> AddressAllocation:
@@ -251,6 +277,8 @@ class AddressManager:
             address = wanted
         elif not self._pools[wanted.version].contains(wanted):
             raise AddressUnavailable(f"{wanted} is not in any prefix of {self._isd_as}")
+        elif wanted in self._reserved:
+            raise AddressUnavailable(f"{wanted} is reserved")
         elif wanted in self._by_address:
             raise AddressUnavailable(f"{wanted} is granted to or held for another identity")
         else:
@@ -287,33 +315,39 @@ class AddressManager:
         if version not in (4, 6):
             raise ValueError(f"IP version must be 4 or 6, not {version}")
         self._expire(self._clock())
-        return self._pools[version].size - self._used[version]
+        return self._pools[version].size - self._reserved_in_pool[version] - self._used[version]
+
+    def is_usable(self, address: IPAddress) -> bool:
+        """Whether ``address`` lies in a pool and is not reserved (granted or not)."""
+        return self._pools[address.version].contains(address) and address not in self._reserved
+
+    def grant_of(self, identity: str) -> Grant | None:
+        """The grant of ``identity``, or None if it has none."""
+        self._expire(self._clock())
+        entry = self._by_identity.get(identity)
+        if entry is None:
+            return None
+        return _grant(identity, entry)
 
     def grants(self) -> list[Grant]:
         """A snapshot of every grant, sorted by identity."""
         self._expire(self._clock())
-        return [
-            Grant(
-                identity,
-                entry.address,
-                GrantState.ACTIVE if entry.hold_until is None else GrantState.HELD,
-                entry.hold_until,
-            )
-            for identity, entry in sorted(self._by_identity.items())
-        ]
+        return [_grant(identity, entry) for identity, entry in sorted(self._by_identity.items())]
 
     def restore(self, grants: Iterable[Grant]) -> None:
         """Replace every grant with ``grants`` (e.g. a snapshot loaded after a restart).
 
         Raises ValueError, and changes nothing, if an address lies outside the
-        pools or an identity or address appears twice. Holds that have already
-        ended are freed on the next call, as usual.
+        pools or is reserved, or an identity or address appears twice. Holds
+        that have already ended are freed on the next call, as usual.
         """
         by_identity: dict[str, _Entry] = {}
         by_address: dict[IPAddress, str] = {}
         for grant in grants:
             if not self._pools[grant.address.version].contains(grant.address):
                 raise ValueError(f"{grant.address} is not a usable address of this allocator")
+            if grant.address in self._reserved:
+                raise ValueError(f"{grant.address} is reserved")
             if grant.identity in by_identity:
                 raise ValueError(f"identity {grant.identity!r} has more than one grant")
             if grant.address in by_address:
@@ -349,18 +383,20 @@ class AddressManager:
 
     def _pick_free(self, version: int) -> IPAddress:
         pool = self._pools[version]
-        if self._used[version] >= pool.size:
+        taken = self._by_address
+        if self._used[version] + self._reserved_in_pool[version] >= pool.size:
             raise NoAddressesAvailable(f"no IPv{version} address available in {self._isd_as}")
         for _ in range(_RANDOM_TRIES):
             address = pool.address_at(self._rng.randrange(pool.size))
-            if address not in self._by_address:
+            if address not in taken and address not in self._reserved:
                 return address
         # Walk on from a random start: every step that does not end the walk
-        # passes a granted address, so it ends within used + 1 steps.
+        # passes a granted or reserved address, so it ends within
+        # used + reserved + 1 steps.
         start = self._rng.randrange(pool.size)
         for step in range(pool.size):
             address = pool.address_at((start + step) % pool.size)
-            if address not in self._by_address:
+            if address not in taken and address not in self._reserved:
                 return address
         raise AssertionError("free count and grants disagree")  # pragma: no cover
 
@@ -379,3 +415,8 @@ class AddressManager:
         entry = self._by_identity.pop(identity)
         del self._by_address[entry.address]
         self._used[entry.address.version] -= 1
+
+
+def _grant(identity: str, entry: _Entry) -> Grant:
+    state = GrantState.ACTIVE if entry.hold_until is None else GrantState.HELD
+    return Grant(identity, entry.address, state, entry.hold_until)

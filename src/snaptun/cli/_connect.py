@@ -1,0 +1,245 @@
+"""``snaptun connect``: bridge a local UDP socket into a snaptun tunnel.
+
+A thin layer over :class:`snaptun.aio.bridge.TunnelBridge`. One JSON object
+per line on stdout: ``connected`` after every (re)connect, ``error`` when it
+gives up, and a final ``stopped`` line with the counters. Exit code 0 after
+SIGINT/SIGTERM, 1 when the gateway refuses the tunnel for good or the
+reconnect attempts are exhausted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any, TextIO, TypeVar
+
+from snaptun.aio import quic
+from snaptun.aio.bridge import (
+    BridgeError,
+    TokenSource,
+    TokenSourceError,
+    TunnelBridge,
+    TunnelConnected,
+    builder_factory,
+)
+from snaptun.cli._common import emit, parse_socket_address, run_coroutine, setup_logging
+from snaptun.core.addressing import EndhostAddress
+
+__all__ = ["register", "run_connect"]
+
+_T = TypeVar("_T")
+
+
+def _checked(convert: Callable[[str], _T], what: str) -> Callable[[str], _T]:
+    def parse(text: str) -> _T:
+        try:
+            return convert(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"invalid {what} {text!r}: {exc}") from None
+
+    parse.__name__ = what
+    return parse
+
+
+def _at_least(kind: Callable[[str], _T], minimum: float) -> Callable[[str], _T]:
+    def parse(text: str) -> _T:
+        value = kind(text)
+        if not value >= minimum:  # type: ignore[operator]
+            raise ValueError(f"must be at least {minimum}")
+        return value
+
+    return parse
+
+
+def _fingerprint(text: str) -> str:
+    digest = text.replace(":", "").lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise ValueError("expected 64 hex digits (SHA-256), colons allowed")
+    return digest
+
+
+_ADDR = _checked(parse_socket_address, "address")
+
+
+def register(commands: Any) -> None:
+    """Add the ``connect`` subcommand to the ``snaptun`` parser."""
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "connect",
+        help="open a tunnel and bridge a local UDP socket into it",
+        description="Open a snaptun tunnel, keep it renewed and reconnected, and bridge "
+        "packets: every UDP datagram received on --local goes into the tunnel as one SCION "
+        "packet; every packet from the tunnel goes to --forward-to, or to the last local "
+        "sender. One JSON object per line on stdout.",
+    )
+    parser.add_argument("address", type=_ADDR, metavar="ADDR", help="gateway IP:PORT")
+    trust = parser.add_mutually_exclusive_group(required=True)
+    trust.add_argument(
+        "--ca", type=Path, metavar="PEM", help="CA, or the gateway's self-signed certificate"
+    )
+    trust.add_argument(
+        "--fingerprint",
+        type=_checked(_fingerprint, "fingerprint"),
+        metavar="SHA256",
+        help="SHA-256 fingerprint of the gateway certificate",
+    )
+    trust.add_argument("--insecure", action="store_true", help="do not verify the gateway")
+    tokens = parser.add_mutually_exclusive_group(required=True)
+    tokens.add_argument("--token", metavar="T", help="bearer token (SNAP JWT)")
+    tokens.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="F",
+        help="file holding the token; re-read at every renewal and reconnect",
+    )
+    parser.add_argument(
+        "--address",
+        dest="desired",
+        type=_checked(EndhostAddress.parse, "end-host address"),
+        metavar="IA,IP",
+        help="address to ask for, e.g. 1-ff00:0:110,10.0.0.7 (default: any)",
+    )
+    parser.add_argument(
+        "--local",
+        type=_ADDR,
+        default=("127.0.0.1", 0),
+        metavar="ADDR",
+        help="local UDP socket to bridge (default 127.0.0.1:0)",
+    )
+    parser.add_argument(
+        "--forward-to",
+        type=_ADDR,
+        metavar="ADDR",
+        help="send tunnel packets here (default: the last local sender)",
+    )
+    parser.add_argument(
+        "--server-name", default="localhost", metavar="NAME", help="TLS server name (localhost)"
+    )
+    parser.add_argument(
+        "--mtu",
+        type=_checked(_at_least(int, 1200), "mtu"),
+        default=1452,
+        metavar="BYTES",
+        help="UDP payload size of QUIC packets (default 1452: datagrams up to ~1414 bytes)",
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        type=_checked(_at_least(float, 0.001), "seconds"),
+        default=5.0,
+        metavar="SECS",
+        help="QUIC handshake limit of each (re)connect attempt (5)",
+    )
+    parser.add_argument(
+        "--renew-threshold",
+        type=_checked(_at_least(float, 0.0), "seconds"),
+        default=300.0,
+        metavar="SECS",
+        help="renew soon once less than this remains of the session (300)",
+    )
+    parser.add_argument(
+        "--max-reconnects",
+        type=_checked(_at_least(int, 0), "count"),
+        metavar="N",
+        help="give up after N failed reconnect attempts in a row (default: never)",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log to stderr (-vv: debug)"
+    )
+    parser.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    setup_logging(args.verbose)
+    return run_coroutine(run_connect(args))
+
+
+def _error_record(exc: BaseException) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "event": "error",
+        "error": str(exc) or type(exc).__name__,
+        "http_status": None,
+        "close_code": None,
+        "close_reason": None,
+    }
+    if isinstance(exc, BridgeError):
+        record["http_status"] = exc.http_status
+        if exc.close is not None:
+            record["close_code"] = exc.close.code
+            record["close_reason"] = exc.close.reason
+    return record
+
+
+async def _resolve(host: str, port: int, family: socket.AddressFamily) -> tuple[str, int]:
+    """``host`` as an address of the local socket's family (hostnames resolved once)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(
+        host, port, family=family, type=socket.SOCK_DGRAM
+    )
+    if not infos:
+        raise OSError(f"{host} has no address of the local socket's family")
+    sockaddr = infos[0][4]
+    return str(sockaddr[0]), int(sockaddr[1])
+
+
+async def run_connect(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Run ``snaptun connect`` with parsed arguments; returns the exit code."""
+    stream = out if out is not None else sys.stdout
+    host, port = args.address
+    source = (
+        TokenSource(path=args.token_file)
+        if args.token_file is not None
+        else TokenSource(token=args.token)
+    )
+    settings = quic.QuicSettings(udp_payload_size=args.mtu)
+
+    def connect() -> AbstractAsyncContextManager[quic.QuicConnection]:
+        manager: AbstractAsyncContextManager[quic.QuicConnection] = quic.connect(
+            host,
+            port,
+            server_name=args.server_name,
+            ca_file=args.ca,
+            fingerprint=args.fingerprint,
+            insecure=args.insecure,
+            settings=settings,
+            timeout=args.connect_timeout,
+        )
+        return manager
+
+    def connected(info: TunnelConnected) -> None:
+        emit(info.as_record(), stream)
+
+    bridge = TunnelBridge(
+        connect,
+        builder_factory(source, renew_threshold=args.renew_threshold),
+        args.local,
+        desired=[args.desired] if args.desired is not None else [],
+        on_connected=connected,
+        max_reconnects=args.max_reconnects,
+    )
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, bridge.stop)
+    code = 0
+    try:
+        source.read()  # a missing token file is an error at once, not a retry
+        local_host, _ = await bridge.open()
+        if args.forward_to is not None:
+            family = socket.AF_INET6 if ":" in local_host else socket.AF_INET
+            forward_host, forward_port = args.forward_to
+            bridge.forward_to = await _resolve(forward_host, forward_port, family)
+        await bridge.run()
+    except (BridgeError, TokenSourceError, OSError) as exc:
+        emit(_error_record(exc), stream)
+        code = 1
+    finally:
+        bridge.close()
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+    emit({"event": "stopped", "exit_code": code, **bridge.counters.as_dict()}, stream)
+    return code

@@ -1,0 +1,270 @@
+"""The SNAP tunnel gateway: serves tunnels and wires them to the data plane.
+
+Start-up: state directory (certificate and dev signing key generated when
+missing), persistent allocator, QUIC endpoint, underlay socket, HTTP
+endpoint. Shutdown: stop accepting, close every tunnel with a close code and
+reason, put every grant on hold, flush the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from snaptun.aio.quic import QuicConnection, QuicEndpoint, QuicSettings, fingerprint_of, listen
+from snaptun.aio.server import Sender, Server
+from snaptun.core.allocator import AddressManager
+from snaptun.core.tokens import JwtTokenValidator, load_public_key
+from snaptun.errors import AcceptError, ControlError, SessionExpired
+from snaptun.gateway.config import GatewayConfig
+from snaptun.gateway.dataplane import Dataplane
+from snaptun.gateway.events import EventLog
+from snaptun.gateway.http import HttpServer, metrics_route
+from snaptun.gateway.metrics import GatewayMetrics
+from snaptun.gateway.state_dir import StateFiles, ensure_state
+from snaptun.gateway.store import PersistentAllocator
+
+__all__ = ["SHUTDOWN_CLOSE_CODE", "Gateway"]
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_CLOSE_CODE: Final = 0
+"""Application close code sent to every client when the gateway stops (QUIC NO_ERROR)."""
+SHUTDOWN_REASON: Final = "gateway shutting down"
+FULL_CLOSE_CODE: Final = 5
+"""InternalError: the gateway already serves ``max_tunnels`` tunnels."""
+
+
+@dataclass
+class _Live:
+    """A tunnel the gateway is driving."""
+
+    sender: Sender[Any] | None
+    """None until the setup finished."""
+    task: asyncio.Task[None]
+    remote: str
+
+
+@dataclass
+class StartReport:
+    """What start-up produced, for the operator."""
+
+    state: StateFiles
+    created: list[Path]
+    listen: tuple[str, int]
+    underlay: tuple[str, int]
+    metrics: tuple[str, int] | None
+    fingerprint: str
+    cert: Path
+    token_keys: list[Path] = field(default_factory=list)
+
+
+class Gateway:
+    """``snaptun serve``: tunnels, data plane, persistence and observability."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        events: EventLog | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.events = events or EventLog()
+        self._clock = clock
+        self.metrics = GatewayMetrics()
+        self._live: dict[int, _Live] = {}
+        self._accepting: asyncio.Task[None] | None = None
+        self._endpoint: QuicEndpoint | None = None
+        self._http: HttpServer | None = None
+        self._allocator: PersistentAllocator | None = None
+        self._dataplane: Dataplane | None = None
+        self._stopped = asyncio.Event()
+
+    # ---- start -----------------------------------------------------------------------------
+
+    async def start(self) -> StartReport:
+        """Bring every part up; raises (and undoes nothing half-made) on a bad setting."""
+        cfg = self.config
+        files, created = ensure_state(cfg.state_dir, certificate=cfg.cert is None)
+        cert = cfg.cert or files.cert
+        key = cfg.key or files.key
+        key_paths = list(cfg.token_keys) or [files.signing_public_key]
+        validator = JwtTokenValidator([load_public_key(p) for p in key_paths])
+        manager = AddressManager(
+            cfg.isd_as, cfg.pools, hold_time=cfg.hold, reserved=cfg.gateway_addresses
+        )
+        self._allocator = PersistentAllocator.open(manager, files.grants_db, now=self._clock())
+        self.metrics.watch_free_addresses(self._allocator.free_count)
+        self._server: Server[Any] = Server(self._allocator, validator, self.metrics.library)
+        self._dataplane = Dataplane(
+            self.metrics,
+            gateway_addresses=cfg.gateway_addresses,
+            next_hop=cfg.underlay_next_hop,
+        )
+        underlay = await self._dataplane.open_underlay(cfg.underlay_bind)
+        settings = QuicSettings(udp_payload_size=cfg.mtu, send_queue=cfg.tunnel_queue)
+        self._endpoint = await listen(
+            cfg.listen[0], cfg.listen[1], cert_file=cert, key_file=key, settings=settings
+        )
+        metrics_at = None
+        if cfg.metrics is not None:
+            self._http = await HttpServer.start(
+                cfg.metrics[0],
+                cfg.metrics[1],
+                {"/metrics": metrics_route(self.metrics.registry), "/healthz": self._health},
+            )
+            metrics_at = self._http.address
+        self._accepting = asyncio.ensure_future(self._accept_loop(self._endpoint))
+        report = StartReport(
+            state=files,
+            created=created,
+            listen=self._endpoint.local_address,
+            underlay=underlay,
+            metrics=metrics_at,
+            fingerprint=fingerprint_of(Path(cert).read_bytes()),  # noqa: ASYNC240 - start-up only
+            cert=Path(cert),
+            token_keys=key_paths,
+        )
+        self.events.emit(
+            "started",
+            listen=_fmt(report.listen),
+            underlay=_fmt(underlay),
+            next_hop=_fmt(cfg.underlay_next_hop),
+            metrics=_fmt(metrics_at) if metrics_at else None,
+            fingerprint=report.fingerprint,
+            state_dir=str(files.root),
+        )
+        return report
+
+    def _health(self) -> tuple[int, str, bytes]:
+        ok = self._accepting is not None and not self._accepting.done()
+        body = b'{"status":"ok","tunnels":%d}\n' % len(self._live) if ok else b'{"status":"down"}\n'
+        return (200 if ok else 503), "application/json", body
+
+    # ---- tunnels ---------------------------------------------------------------------------
+
+    async def _accept_loop(self, endpoint: QuicEndpoint) -> None:
+        while True:
+            conn = await endpoint.accept()
+            remote = _fmt(conn.remote_address) if conn.remote_address else "?"
+            if len(self._live) >= self.config.max_tunnels:
+                conn.close(FULL_CLOSE_CODE, "gateway is full")
+                self.metrics.setups.labels("refused", "max_tunnels").inc()
+                self.metrics.closes.labels(str(FULL_CLOSE_CODE)).inc()
+                self.events.emit("refused", remote=remote, reason="gateway is full")
+                continue
+            task = asyncio.ensure_future(self._serve(conn, remote))
+            task.add_done_callback(self._forget)
+            self._live[id(task)] = _Live(None, task, remote)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._live.pop(id(task), None)
+
+    async def _serve(self, conn: QuicConnection, remote: str) -> None:
+        assert self._dataplane is not None
+        me = self._live.get(id(asyncio.current_task()))
+        try:
+            sender, receiver, control = await self._server.accept_with_timeout(conn)
+        except AcceptError as exc:
+            self._refused(conn, remote, exc)
+            return
+        if me is not None:
+            me.sender = sender
+        identity = control.machine.identity()
+        address = sender.assigned_addresses[0]
+        self.metrics.setups.labels("accepted", "").inc()
+        self.metrics.active_tunnels.inc()
+        self.events.emit("accepted", remote=remote, identity=identity, address=str(address))
+        port = self._dataplane.attach(sender, control)
+        state = {"address": address}
+
+        def changed() -> None:
+            machine = control.machine
+            current = machine.addresses()[0] if machine.allocation else address
+            if current != state["address"]:
+                state["address"] = current
+                self.events.emit("assigned", remote=remote, identity=identity, address=str(current))
+            else:
+                self.events.emit(
+                    "renewed", remote=remote, identity=identity, valid_until=machine.session_expiry
+                )
+
+        control.on_change(changed)
+        pump = asyncio.ensure_future(self._dataplane.pump(port, receiver))
+        try:
+            await control.run()
+            self.events.emit("closed", remote=remote, identity=identity, reason="client closed")
+        except SessionExpired:
+            self.metrics.closes.labels("4").inc()
+            self.events.emit("expired", remote=remote, identity=identity, code=4)
+        except ControlError as exc:
+            code = conn.closed.code if conn.closed is not None else None
+            if conn.closed is not None and not conn.closed.by_peer:
+                self.metrics.closes.labels(str(code)).inc()
+            self.events.emit("closed", remote=remote, identity=identity, reason=str(exc), code=code)
+        finally:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+            self._dataplane.detach(port)
+            self.metrics.active_tunnels.dec()
+
+    def _refused(self, conn: QuicConnection, remote: str, exc: AcceptError) -> None:
+        lost = conn.closed
+        code = lost.code if lost is not None and not lost.by_peer else None
+        reason = type(exc).__name__
+        cause = getattr(exc, "cause", None)
+        if cause is not None:
+            reason = f"{reason}:{type(cause).__name__}"
+        self.metrics.setups.labels("refused", reason).inc()
+        if code is not None:
+            self.metrics.closes.labels(str(code)).inc()
+        self.events.emit("refused", remote=remote, reason=str(exc), code=code)
+
+    # ---- stop --------------------------------------------------------------------------------
+
+    async def wait_stopped(self) -> None:
+        """Return once :meth:`shutdown` finished."""
+        await self._stopped.wait()
+
+    async def shutdown(self, timeout: float = 3.0) -> None:
+        """Stop accepting, close every tunnel, hold every grant, flush the store."""
+        self.events.emit("stopping", tunnels=len(self._live))
+        if self._accepting is not None:
+            self._accepting.cancel()  # no new tunnels from here on
+        tasks = []
+        for live in list(self._live.values()):
+            if live.sender is not None:
+                live.sender.close(SHUTDOWN_CLOSE_CODE, SHUTDOWN_REASON)
+                self.metrics.closes.labels(str(SHUTDOWN_CLOSE_CODE)).inc()
+            else:
+                live.task.cancel()
+            tasks.append(live.task)
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+        if self._endpoint is not None:
+            # Only now: qh3 closes every remaining connection without a reason.
+            self._endpoint.close()
+        if self._allocator is not None:
+            self._allocator.hold_all()
+            self._allocator.close()
+        if self._dataplane is not None:
+            self._dataplane.close()
+        if self._http is not None:
+            await self._http.close()
+        self.events.emit("stopped")
+        self._stopped.set()
+
+
+def _fmt(address: tuple[str, int] | None) -> str:
+    if address is None:
+        return "-"
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
