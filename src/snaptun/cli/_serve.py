@@ -55,7 +55,7 @@ def _run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("quic").setLevel(logging.ERROR)  # qh3 warns on every normal close
-    disable_created_metrics()  # the *_created series only add noise to scrapes
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # the *_created series only add noise to scrapes
     return run_coroutine(_serve(Gateway(config, events=EventLog(sys.stderr))))
 
 

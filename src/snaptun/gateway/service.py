@@ -200,7 +200,9 @@ class Gateway:
         pump = asyncio.ensure_future(self._dataplane.pump(port, receiver))
         try:
             await control.run()
-            self.events.emit("closed", remote=remote, identity=identity, reason="client closed")
+            lost = conn.closed
+            reason = "client closed" if lost is None or lost.by_peer else lost.reason
+            self.events.emit("closed", remote=remote, identity=identity, reason=reason)
         except SessionExpired:
             self.metrics.closes.labels("4").inc()
             self.events.emit("expired", remote=remote, identity=identity, code=4)
