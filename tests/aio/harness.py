@@ -61,6 +61,18 @@ class Harness:
         return await asyncio.wait_for(self.refused.get(), timeout)
 
 
+async def _listen(cert: Path, key: Path, port: int) -> quic.QuicEndpoint:
+    # A server that just stopped on this port frees it on a later loop iteration.
+    for _ in range(50):
+        try:
+            return await quic.listen("127.0.0.1", port, cert_file=cert, key_file=key)
+        except OSError:
+            if not port:
+                raise
+            await asyncio.sleep(0.02)
+    raise AssertionError(f"port {port} stayed busy")
+
+
 @contextlib.asynccontextmanager
 async def running_server(
     certs: tuple[Path, Path],
@@ -69,10 +81,11 @@ async def running_server(
     allocator: AddressManager | None = None,
     echo: bool = True,
     clock: Callable[[], float] | None = None,
+    port: int = 0,
 ) -> AsyncIterator[Harness]:
-    """Serve tunnels on a free loopback port; echo packets unless ``echo`` is False."""
+    """Serve tunnels on loopback (a free port unless ``port``); echo unless ``echo`` is False."""
     cert, key = certs
-    endpoint = await quic.listen("127.0.0.1", 0, cert_file=cert, key_file=key)
+    endpoint = await _listen(cert, key, port)
     allocator = allocator or AddressManager(ISD_AS, POOLS, hold_time=600.0)
     metrics = Metrics.isolated()
     extra: dict[str, Any] = {"clock": clock} if clock else {}

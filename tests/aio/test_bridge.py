@@ -26,12 +26,9 @@ from snaptun.aio.bridge import (
     TunnelRefused,
     builder_factory,
 )
-from snaptun.aio.server import Server
 from snaptun.core.addressing import IsdAs
 from snaptun.core.allocator import AddressAllocation, AddressManager
 from snaptun.core.tokens import SnapTokenClaims, StaticTokenValidator, Token, TokenValidator
-from snaptun.errors import AcceptError, ReceivePacketError
-from snaptun.metrics import Metrics
 from tests.aio.harness import ISD_AS, POOLS, TOKEN, running_server
 
 FAST = Backoff(initial=0.05, maximum=0.2)
@@ -149,50 +146,6 @@ class RecordingAllocator(AddressManager):
     def allocate(self, isd_as: IsdAs, prefix: Any, claims: Token) -> AddressAllocation:
         self.requests.append(str(prefix))
         return super().allocate(isd_as, prefix, claims)
-
-
-@contextlib.asynccontextmanager
-async def serve_on(
-    certs: tuple[Path, Path], port: int, allocator: AddressManager
-) -> AsyncIterator[None]:
-    """An echo server on a given port (harness.running_server always picks a free one)."""
-    cert, key = certs
-    for _ in range(50):  # the previous server's socket closes on a later loop iteration
-        try:
-            endpoint = await quic.listen("127.0.0.1", port, cert_file=cert, key_file=key)
-            break
-        except OSError:
-            await asyncio.sleep(0.02)
-    else:
-        raise AssertionError(f"port {port} stayed busy")
-    server: Server[Any] = Server(allocator, StaticTokenValidator(TOKEN, 60), Metrics.isolated())
-    tasks: set[asyncio.Future[Any]] = set()
-
-    async def handle(conn: quic.QuicConnection) -> None:
-        try:
-            sender, receiver, control = await server.accept_with_timeout(conn)
-        except AcceptError:
-            return
-        driver = asyncio.ensure_future(control.run())
-        tasks.add(driver)
-        with contextlib.suppress(ReceivePacketError):
-            while True:
-                await sender.send_wait(await receiver.receive())
-
-    async def accept_loop() -> None:
-        while True:
-            task = asyncio.ensure_future(handle(await endpoint.accept()))
-            tasks.add(task)
-
-    loop_task = asyncio.ensure_future(accept_loop())
-    try:
-        yield
-    finally:
-        loop_task.cancel()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(loop_task, *tasks, return_exceptions=True)
-        endpoint.close()
 
 
 def free_udp_port() -> int:
@@ -322,7 +275,7 @@ async def test_reconnects_to_a_restarted_gateway_and_asks_for_the_same_address(
     first = RecordingAllocator(ISD_AS, POOLS, hold_time=600.0)
     second = RecordingAllocator(ISD_AS, POOLS, hold_time=600.0)  # knows no grant of the first
     async with udp_peer() as peer, contextlib.AsyncExitStack() as gateway:
-        await gateway.enter_async_context(serve_on(certs, port, first))
+        await gateway.enter_async_context(running_server(certs, allocator=first, port=port))
         async with bridge_to(port, certs[0]) as running:
             before = await running.connected()
             await echo_round(running, peer, b"before the restart")
@@ -336,7 +289,9 @@ async def test_reconnects_to_a_restarted_gateway_and_asks_for_the_same_address(
             assert running.bridge.connected is None
             await asyncio.sleep(0.3)  # ... and a reconnect attempt or two find nobody
 
-            async with serve_on(certs, port, second):  # ... and comes back on the same port
+            async with running_server(
+                certs, allocator=second, port=port
+            ):  # ... and comes back on the same port
                 after = await running.connected()
                 await echo_round(running, peer, b"after the restart")
             assert after.assigned == before.assigned
@@ -350,7 +305,7 @@ async def test_refused_previous_address_falls_back_to_the_desired_one(
     port = free_udp_port()
     first = RecordingAllocator(ISD_AS, POOLS, hold_time=600.0)
     async with udp_peer() as peer, contextlib.AsyncExitStack() as gateway:
-        await gateway.enter_async_context(serve_on(certs, port, first))
+        await gateway.enter_async_context(running_server(certs, allocator=first, port=port))
         async with bridge_to(port, certs[0]) as running:
             before = await running.connected()
             await gateway.aclose()
@@ -358,7 +313,7 @@ async def test_refused_previous_address_falls_back_to_the_desired_one(
             second = RecordingAllocator(ISD_AS, POOLS, hold_time=600.0)
             taken = ipaddress.ip_network(f"{before.assigned[0].ip}/32")
             second.allocate(ISD_AS, taken, SnapTokenClaims(uuid.uuid4(), 2**40))
-            async with serve_on(certs, port, second):
+            async with running_server(certs, allocator=second, port=port):
                 after = await running.connected()
                 await echo_round(running, peer, b"new address")
             assert after.assigned != before.assigned

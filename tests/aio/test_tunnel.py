@@ -254,3 +254,25 @@ async def test_finished_control_streams_are_forgotten(certs: tuple[Path, Path]) 
         await asyncio.sleep(0.05)
         assert server_side.open_streams == 0
         assert conn.open_streams == 0
+
+
+async def test_a_failing_token_renewer_is_retried_then_reported(certs: tuple[Path, Path]) -> None:
+    attempts = 0
+
+    async def unreadable_token() -> str:
+        nonlocal attempts
+        attempts += 1
+        raise OSError("token file unreadable")
+
+    async with (
+        running_server(certs, validator=StaticTokenValidator(TOKEN, 6)) as harness,
+        harness.connect() as conn,
+    ):
+        builder = ClientBuilder(TOKEN).with_auto_renewal(
+            unreadable_token, threshold=300, retries=1, backoff_base=0.1
+        )
+        _, _, control = await builder.connect(conn)
+        with pytest.raises(RenewalFailed) as failed:
+            await asyncio.wait_for(control.run(), 8)
+        assert attempts == 2
+        assert isinstance(failed.value.cause, OSError)

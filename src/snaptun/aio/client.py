@@ -36,7 +36,6 @@ from snaptun.errors import (
     ReceiveConnectionError,
     RenewalFailed,
     SendConnectionClosed,
-    SnaptunError,
 )
 
 __all__ = ["AutoRenewal", "ClientBuilder", "ClientControl", "ClientReceiver", "ClientSender"]
@@ -235,7 +234,7 @@ class ClientControl:
                 await self.renew_session(token)
             except ConnectionLost:
                 raise
-            except SnaptunError as exc:
+            except Exception as exc:
                 last = exc
                 log.warning("session renewal attempt %d failed: %s", attempt + 1, exc)
             else:

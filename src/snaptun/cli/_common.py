@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import ipaddress
 import json
 import logging
+import re
 import sys
-from collections.abc import Coroutine
-from typing import Any, TextIO
+from collections.abc import Callable, Coroutine
+from typing import Any, TextIO, TypeVar
 
 __all__ = [
+    "at_least",
+    "checked",
     "emit",
+    "fingerprint",
     "format_socket_address",
     "parse_socket_address",
     "run_coroutine",
@@ -72,3 +77,39 @@ def run_coroutine(coro: Coroutine[Any, Any, int]) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         return asyncio.run(coro)
     return uvloop.run(coro)
+
+
+_T = TypeVar("_T")
+
+
+def checked(convert: Callable[[str], _T], what: str) -> Callable[[str], _T]:
+    """An argparse ``type`` that turns ValueError into a clean usage error."""
+
+    def parse(text: str) -> _T:
+        try:
+            return convert(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"invalid {what} {text!r}: {exc}") from None
+
+    parse.__name__ = what
+    return parse
+
+
+def at_least(kind: Callable[[str], _T], minimum: float) -> Callable[[str], _T]:
+    """Convert with ``kind`` and refuse values below ``minimum``."""
+
+    def parse(text: str) -> _T:
+        value = kind(text)
+        if not value >= minimum:  # type: ignore[operator]
+            raise ValueError(f"must be at least {minimum}")
+        return value
+
+    return parse
+
+
+def fingerprint(text: str) -> str:
+    """A SHA-256 certificate fingerprint: 64 hex digits, colons allowed."""
+    digest = text.replace(":", "").lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise ValueError("expected 64 hex digits (SHA-256), colons allowed")
+    return digest

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import signal
 import socket
 import sys
-from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import Any, TextIO
 
 from snaptun.aio import quic
 from snaptun.aio.bridge import (
@@ -29,43 +27,21 @@ from snaptun.aio.bridge import (
     TunnelConnected,
     builder_factory,
 )
-from snaptun.cli._common import emit, parse_socket_address, run_coroutine, setup_logging
+from snaptun.cli._common import (
+    at_least,
+    checked,
+    emit,
+    fingerprint,
+    parse_socket_address,
+    run_coroutine,
+    setup_logging,
+)
 from snaptun.core.addressing import EndhostAddress
 
 __all__ = ["register", "run_connect"]
 
-_T = TypeVar("_T")
 
-
-def _checked(convert: Callable[[str], _T], what: str) -> Callable[[str], _T]:
-    def parse(text: str) -> _T:
-        try:
-            return convert(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"invalid {what} {text!r}: {exc}") from None
-
-    parse.__name__ = what
-    return parse
-
-
-def _at_least(kind: Callable[[str], _T], minimum: float) -> Callable[[str], _T]:
-    def parse(text: str) -> _T:
-        value = kind(text)
-        if not value >= minimum:  # type: ignore[operator]
-            raise ValueError(f"must be at least {minimum}")
-        return value
-
-    return parse
-
-
-def _fingerprint(text: str) -> str:
-    digest = text.replace(":", "").lower()
-    if not re.fullmatch(r"[0-9a-f]{64}", digest):
-        raise ValueError("expected 64 hex digits (SHA-256), colons allowed")
-    return digest
-
-
-_ADDR = _checked(parse_socket_address, "address")
+_ADDR = checked(parse_socket_address, "address")
 
 
 def register(commands: Any) -> None:
@@ -85,7 +61,7 @@ def register(commands: Any) -> None:
     )
     trust.add_argument(
         "--fingerprint",
-        type=_checked(_fingerprint, "fingerprint"),
+        type=checked(fingerprint, "fingerprint"),
         metavar="SHA256",
         help="SHA-256 fingerprint of the gateway certificate",
     )
@@ -101,7 +77,7 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "--address",
         dest="desired",
-        type=_checked(EndhostAddress.parse, "end-host address"),
+        type=checked(EndhostAddress.parse, "end-host address"),
         metavar="IA,IP",
         help="address to ask for, e.g. 1-ff00:0:110,10.0.0.7 (default: any)",
     )
@@ -123,28 +99,28 @@ def register(commands: Any) -> None:
     )
     parser.add_argument(
         "--mtu",
-        type=_checked(_at_least(int, 1200), "mtu"),
+        type=checked(at_least(int, 1200), "mtu"),
         default=1452,
         metavar="BYTES",
         help="UDP payload size of QUIC packets (default 1452: datagrams up to ~1414 bytes)",
     )
     parser.add_argument(
         "--connect-timeout",
-        type=_checked(_at_least(float, 0.001), "seconds"),
+        type=checked(at_least(float, 0.001), "seconds"),
         default=5.0,
         metavar="SECS",
         help="QUIC handshake limit of each (re)connect attempt (5)",
     )
     parser.add_argument(
         "--renew-threshold",
-        type=_checked(_at_least(float, 0.0), "seconds"),
+        type=checked(at_least(float, 0.0), "seconds"),
         default=300.0,
         metavar="SECS",
         help="renew soon once less than this remains of the session (300)",
     )
     parser.add_argument(
         "--max-reconnects",
-        type=_checked(_at_least(int, 0), "count"),
+        type=checked(at_least(int, 0), "count"),
         metavar="N",
         help="give up after N failed reconnect attempts in a row (default: never)",
     )

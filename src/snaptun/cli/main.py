@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
 
 from snaptun.cli import _connect, _serve, _token
 from snaptun.cli._client import SEQ_BYTES, ClientOptions, run_echo_client
-from snaptun.cli._common import parse_socket_address, run_coroutine, setup_logging
+from snaptun.cli._common import (
+    at_least,
+    checked,
+    fingerprint,
+    parse_socket_address,
+    run_coroutine,
+    setup_logging,
+)
 from snaptun.cli._server import (
     DEFAULT_ISD_AS,
     DEFAULT_POOL_NETWORKS,
@@ -28,48 +33,16 @@ from snaptun.core.addressing import EndhostAddress, IPNetwork, IsdAs
 
 __all__ = ["build_parser", "client_options", "main", "server_options"]
 
-_T = TypeVar("_T")
-
-
-def _checked(convert: Callable[[str], _T], what: str) -> Callable[[str], _T]:
-    """An argparse ``type`` that turns ValueError into a clean usage error."""
-
-    def parse(text: str) -> _T:
-        try:
-            return convert(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"invalid {what} {text!r}: {exc}") from None
-
-    parse.__name__ = what
-    return parse
-
-
-def _number(kind: Callable[[str], _T], minimum: float) -> Callable[[str], _T]:
-    def parse(text: str) -> _T:
-        value = kind(text)
-        if not value >= minimum:  # type: ignore[operator]
-            raise ValueError(f"must be at least {minimum}")
-        return value
-
-    return parse
-
 
 def _pool(text: str) -> IPNetwork:
     return ipaddress.ip_network(text, strict=True)
 
 
-def _fingerprint(text: str) -> str:
-    digest = text.replace(":", "").lower()
-    if not re.fullmatch(r"[0-9a-f]{64}", digest):
-        raise ValueError("expected 64 hex digits (SHA-256), colons allowed")
-    return digest
-
-
-_ADDR = _checked(parse_socket_address, "address")
-_SECONDS = _checked(_number(float, 0.0), "seconds")
-_POSITIVE_SECONDS = _checked(_number(float, 0.001), "seconds")
-_COUNT = _checked(_number(int, 0), "count")
-_MTU = _checked(_number(int, 1200), "mtu")
+_ADDR = checked(parse_socket_address, "address")
+_SECONDS = checked(at_least(float, 0.0), "seconds")
+_POSITIVE_SECONDS = checked(at_least(float, 0.001), "seconds")
+_COUNT = checked(at_least(int, 0), "count")
+_MTU = checked(at_least(int, 1200), "mtu")
 
 
 def _add_quic_flags(parser: argparse.ArgumentParser) -> None:
@@ -117,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     server.add_argument(
         "--isd-as",
-        type=_checked(IsdAs.parse, "ISD-AS"),
+        type=checked(IsdAs.parse, "ISD-AS"),
         default=DEFAULT_ISD_AS,
         metavar="IA",
         help="ISD-AS of assigned addresses (default 1-ff00:0:110)",
@@ -132,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     server.add_argument(
         "--pool",
-        type=_checked(_pool, "prefix"),
+        type=checked(_pool, "prefix"),
         action="append",
         metavar="PREFIX",
         help=f"address pool (repeatable; default {' and '.join(DEFAULT_POOLS)})",
@@ -159,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     trust.add_argument(
         "--fingerprint",
-        type=_checked(_fingerprint, "fingerprint"),
+        type=checked(fingerprint, "fingerprint"),
         metavar="SHA256",
         help="SHA-256 fingerprint of the server certificate",
     )
@@ -167,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--token", default="ANAPAYA", metavar="T", help="bearer token")
     client.add_argument(
         "--address",
-        type=_checked(EndhostAddress.parse, "end-host address"),
+        type=checked(EndhostAddress.parse, "end-host address"),
         action="append",
         default=[],
         metavar="IA,IP",
@@ -176,14 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--count", type=_COUNT, default=10, metavar="N", help="datagrams (10)")
     client.add_argument(
         "--size",
-        type=_checked(_number(int, SEQ_BYTES), "size"),
+        type=checked(at_least(int, SEQ_BYTES), "size"),
         default=100,
         metavar="B",
         help=f"datagram size, at least {SEQ_BYTES} (100)",
     )
     client.add_argument(
         "--echo-timeout-ms",
-        type=_checked(_number(int, 1), "timeout"),
+        type=checked(at_least(int, 1), "timeout"),
         default=1000,
         metavar="MS",
         help="wait this long for each echo (1000)",
