@@ -247,3 +247,20 @@ async def test_two_connect_clients_switch_locally(tmp_path: Path) -> None:
                         proc.kill()
                     if proc.stdout is not None:
                         proc.stdout.close()
+
+
+async def test_max_tunnels_refuses_the_next_client_and_metrics_show_queues(tmp_path: Path) -> None:
+    async with udp_sink() as router:
+        with run_gateway(
+            tmp_path / "state", tmp_path / "gw.log", router.address, "--max-tunnels", "1"
+        ) as gw:
+            async with tunnel(gw):
+                with pytest.raises(ConnectionLost) as refused:
+                    async with tunnel(gw):
+                        pass
+                assert (refused.value.code, refused.value.reason) == (5, "gateway is full")
+                m = scrape(gw.metrics)
+            assert m['snaptun_gateway_setups_total{reason="max_tunnels",result="refused"}'] == 1
+            assert m['snaptun_gateway_queue_depth{queue="tunnels"}'] == 0
+            assert m['snaptun_gateway_queue_depth{queue="underlay"}'] == 0
+            assert m['snaptun_gateway_free_addresses{ip_version="4"}'] == 253 - 1

@@ -272,6 +272,11 @@ class QuicConnection(QuicConnectionProtocol):
                 self._peer_cid_known = True
 
     @property
+    def send_queue_depth(self) -> int:
+        """Datagrams waiting in our send queue."""
+        return len(self._datagrams_out)
+
+    @property
     def open_streams(self) -> int:
         """Streams still tracked (not finished in both directions)."""
         return len(self._streams)

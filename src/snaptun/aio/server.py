@@ -227,6 +227,11 @@ class Sender(Generic[TokenT]):
         """Largest packet that fits one datagram to the client."""
         return self._conn.max_datagram_size
 
+    @property
+    def queued(self) -> int:
+        """Packets accepted by send() that still wait for the wire."""
+        return self._conn.send_queue_depth
+
     def close(self, code: int, reason: str) -> None:
         """Close the connection with ``code`` and ``reason`` at once."""
         self._machine.shutdown()

@@ -118,6 +118,7 @@ class Dataplane:
             for d in ("tunnel_to_underlay", "underlay_to_tunnel", "tunnel_to_tunnel")
         }
         metrics.watch_queue("underlay", self.underlay_queue_bytes)
+        metrics.watch_queue("tunnels", self.tunnel_queue_depth)
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -138,6 +139,10 @@ class Dataplane:
     def underlay_queue_bytes(self) -> int:
         """Bytes waiting in the underlay transport."""
         return self._transport.get_write_buffer_size() if self._transport is not None else 0
+
+    def tunnel_queue_depth(self) -> int:
+        """Packets waiting in all tunnels' send queues."""
+        return sum(port.sender.queued for port in set(self._tunnels.values()))
 
     def close(self) -> None:
         """Close the underlay socket."""

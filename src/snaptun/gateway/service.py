@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 SHUTDOWN_CLOSE_CODE: Final = 0
 """Application close code sent to every client when the gateway stops (QUIC NO_ERROR)."""
 SHUTDOWN_REASON: Final = "gateway shutting down"
+SWEEP_INTERVAL: Final = 60.0
+"""Seconds between removals of ended holds from the grant store."""
 FULL_CLOSE_CODE: Final = 5
 """InternalError: the gateway already serves ``max_tunnels`` tunnels."""
 
@@ -81,6 +83,7 @@ class Gateway:
         self.metrics = GatewayMetrics()
         self._live: dict[int, _Live] = {}
         self._accepting: asyncio.Task[None] | None = None
+        self._sweeping: asyncio.Task[None] | None = None
         self._endpoint: QuicEndpoint | None = None
         self._http: HttpServer | None = None
         self._allocator: PersistentAllocator | None = None
@@ -107,6 +110,8 @@ class Gateway:
             self.metrics,
             gateway_addresses=cfg.gateway_addresses,
             next_hop=cfg.underlay_next_hop,
+            # underlay_queue counts datagrams; the transport measures bytes
+            underlay_queue_bytes=cfg.underlay_queue * cfg.mtu,
         )
         underlay = await self._dataplane.open_underlay(cfg.underlay_bind)
         settings = QuicSettings(udp_payload_size=cfg.mtu, send_queue=cfg.tunnel_queue)
@@ -122,6 +127,7 @@ class Gateway:
             )
             metrics_at = self._http.address
         self._accepting = asyncio.ensure_future(self._accept_loop(self._endpoint))
+        self._sweeping = asyncio.ensure_future(self._sweep_loop(self._allocator))
         report = StartReport(
             state=files,
             created=created,
@@ -142,6 +148,12 @@ class Gateway:
             state_dir=str(files.root),
         )
         return report
+
+    async def _sweep_loop(self, allocator: PersistentAllocator) -> None:
+        """Delete ended holds from the store now and then (the allocator frees them lazily)."""
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            allocator.sweep()
 
     def _health(self) -> tuple[int, str, bytes]:
         ok = self._accepting is not None and not self._accepting.done()
@@ -241,6 +253,8 @@ class Gateway:
         self.events.emit("stopping", tunnels=len(self._live))
         if self._accepting is not None:
             self._accepting.cancel()  # no new tunnels from here on
+        if self._sweeping is not None:
+            self._sweeping.cancel()
         tasks = []
         for live in list(self._live.values()):
             if live.sender is not None:
