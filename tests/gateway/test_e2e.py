@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,6 +17,12 @@ import pytest
 from snaptun.aio import quic
 from snaptun.aio.client import ClientBuilder, ClientReceiver, ClientSender
 from snaptun.core.addressing import EndhostAddress
+from snaptun.core.tokens import (
+    SnapTokenClaims,
+    generate_signing_key,
+    mint_token,
+    write_public_key,
+)
 from snaptun.errors import ConnectionLost, ControlResponseError
 from snaptun.scion import ScmpParameterProblem, decode, decode_scmp, decode_udp
 from tests.cli._procs import _env
@@ -264,3 +271,20 @@ async def test_max_tunnels_refuses_the_next_client_and_metrics_show_queues(tmp_p
             assert m['snaptun_gateway_queue_depth{queue="tunnels"}'] == 0
             assert m['snaptun_gateway_queue_depth{queue="underlay"}'] == 0
             assert m['snaptun_gateway_free_addresses{ip_version="4"}'] == 253 - 1
+
+
+async def test_external_token_keys_replace_the_dev_key(tmp_path: Path) -> None:
+    issuer = generate_signing_key()
+    public = tmp_path / "issuer.pub.pem"
+    write_public_key(issuer.public_key(), public)
+    async with udp_sink() as router:
+        with run_gateway(
+            tmp_path / "state", tmp_path / "gw.log", router.address, "--token-key", str(public)
+        ) as gw:
+            with pytest.raises((ConnectionLost, ControlResponseError)) as refused:
+                async with tunnel(gw, gw.token()):  # signed with the dev key: not trusted now
+                    pass
+            assert _refusal(refused.value) in {("close", 1), ("http", 401)}
+            claims = SnapTokenClaims(pssid=uuid.uuid4(), exp=int(time.time()) + 60)
+            async with tunnel(gw, mint_token(issuer, claims)) as (_, _, address, _):
+                assert address.isd_as == EndhostAddress.parse("1-ff00:0:110,10.0.0.9").isd_as

@@ -24,6 +24,7 @@ import hashlib
 import logging
 import ssl
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, cast
@@ -228,6 +229,8 @@ class QuicConnection(QuicConnectionProtocol):
         self._keepalive: asyncio.TimerHandle | None = None
         self._ping_uid = 0
         self.datagrams_dropped_rx = 0
+        self.on_receive_drop: Callable[[], None] | None = None
+        """Called for each datagram dropped because ``receive_queue`` was full."""
         self.remote_address: tuple[str, int] | None = None
         # Until the peer's first long-header packet tells its connection ID
         # length, assume the longest (peers keep one length for a connection).
@@ -406,6 +409,8 @@ class QuicConnection(QuicConnectionProtocol):
             if len(self._datagrams_in) >= self.settings.receive_queue:
                 self._datagrams_in.popleft()
                 self.datagrams_dropped_rx += 1
+                if self.on_receive_drop is not None:
+                    self.on_receive_drop()
             self._datagrams_in.append(event.data)
             _wake(self._datagram_waiter)
         elif isinstance(event, StreamDataReceived):

@@ -182,6 +182,7 @@ class Gateway:
     async def _serve(self, conn: QuicConnection, remote: str) -> None:
         assert self._dataplane is not None
         me = self._live.get(id(asyncio.current_task()))
+        conn.on_receive_drop = self.metrics.drops.labels("tunnel_receive_queue_full").inc
         try:
             sender, receiver, control = await self._server.accept_with_timeout(conn)
         except AcceptError as exc:
@@ -214,15 +215,30 @@ class Gateway:
             await control.run()
             lost = conn.closed
             reason = "client closed" if lost is None or lost.by_peer else lost.reason
-            self.events.emit("closed", remote=remote, identity=identity, reason=reason)
+            self.events.emit(
+                "closed",
+                remote=remote,
+                identity=identity,
+                address=str(state["address"]),
+                reason=reason,
+            )
         except SessionExpired:
             self.metrics.closes.labels("4").inc()
-            self.events.emit("expired", remote=remote, identity=identity, code=4)
+            self.events.emit(
+                "expired", remote=remote, identity=identity, address=str(state["address"]), code=4
+            )
         except ControlError as exc:
             code = conn.closed.code if conn.closed is not None else None
             if conn.closed is not None and not conn.closed.by_peer:
                 self.metrics.closes.labels(str(code)).inc()
-            self.events.emit("closed", remote=remote, identity=identity, reason=str(exc), code=code)
+            self.events.emit(
+                "closed",
+                remote=remote,
+                identity=identity,
+                address=str(state["address"]),
+                reason=str(exc),
+                code=code,
+            )
         finally:
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
