@@ -10,9 +10,11 @@ import logging
 import re
 import sys
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 __all__ = [
+    "add_trust_flags",
     "at_least",
     "checked",
     "emit",
@@ -113,3 +115,18 @@ def fingerprint(text: str) -> str:
     if not re.fullmatch(r"[0-9a-f]{64}", digest):
         raise ValueError("expected 64 hex digits (SHA-256), colons allowed")
     return digest
+
+
+def add_trust_flags(parser: argparse.ArgumentParser, peer: str) -> None:
+    """--ca | --fingerprint | --insecure (exactly one): how to trust the ``peer``'s certificate."""
+    trust = parser.add_mutually_exclusive_group(required=True)
+    trust.add_argument(
+        "--ca", type=Path, metavar="PEM", help=f"CA, or the {peer}'s self-signed certificate"
+    )
+    trust.add_argument(
+        "--fingerprint",
+        type=checked(fingerprint, "fingerprint"),
+        metavar="SHA256",
+        help=f"SHA-256 fingerprint of the {peer} certificate",
+    )
+    trust.add_argument("--insecure", action="store_true", help=f"do not verify the {peer}")

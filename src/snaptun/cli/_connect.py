@@ -28,10 +28,10 @@ from snaptun.aio.bridge import (
     builder_factory,
 )
 from snaptun.cli._common import (
+    add_trust_flags,
     at_least,
     checked,
     emit,
-    fingerprint,
     parse_socket_address,
     run_coroutine,
     setup_logging,
@@ -55,17 +55,7 @@ def register(commands: Any) -> None:
         "sender. One JSON object per line on stdout.",
     )
     parser.add_argument("address", type=_ADDR, metavar="ADDR", help="gateway IP:PORT")
-    trust = parser.add_mutually_exclusive_group(required=True)
-    trust.add_argument(
-        "--ca", type=Path, metavar="PEM", help="CA, or the gateway's self-signed certificate"
-    )
-    trust.add_argument(
-        "--fingerprint",
-        type=checked(fingerprint, "fingerprint"),
-        metavar="SHA256",
-        help="SHA-256 fingerprint of the gateway certificate",
-    )
-    trust.add_argument("--insecure", action="store_true", help="do not verify the gateway")
+    add_trust_flags(parser, "gateway")
     tokens = parser.add_mutually_exclusive_group(required=True)
     tokens.add_argument("--token", metavar="T", help="bearer token (SNAP JWT)")
     tokens.add_argument(

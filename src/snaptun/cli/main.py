@@ -15,9 +15,9 @@ from pathlib import Path
 from snaptun.cli import _connect, _serve, _token
 from snaptun.cli._client import SEQ_BYTES, ClientOptions, run_echo_client
 from snaptun.cli._common import (
+    add_trust_flags,
     at_least,
     checked,
-    fingerprint,
     parse_socket_address,
     run_coroutine,
     setup_logging,
@@ -126,17 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         "a time and check every echo; optionally hold and renew. One JSON object per line.",
     )
     client.add_argument("--connect", type=_ADDR, required=True, metavar="ADDR", help="IP:PORT")
-    trust = client.add_mutually_exclusive_group(required=True)
-    trust.add_argument(
-        "--ca", type=Path, metavar="PEM", help="CA, or the server's self-signed certificate"
-    )
-    trust.add_argument(
-        "--fingerprint",
-        type=checked(fingerprint, "fingerprint"),
-        metavar="SHA256",
-        help="SHA-256 fingerprint of the server certificate",
-    )
-    trust.add_argument("--insecure", action="store_true", help="do not verify the server")
+    add_trust_flags(client, "server")
     client.add_argument("--token", default="ANAPAYA", metavar="T", help="bearer token")
     client.add_argument(
         "--address",
