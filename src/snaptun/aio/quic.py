@@ -236,22 +236,37 @@ class QuicConnection(QuicConnectionProtocol):
         # length, assume the longest (peers keep one length for a connection).
         self._peer_cid_length = _MAX_CID_LENGTH
         self._peer_cid_known = False
+        self._transmit_deferred = False
 
     # ---- connection ------------------------------------------------------------
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        packet = data if isinstance(data, bytes) else data.encode()
         if not self._peer_cid_known:
-            self._learn_peer(data if isinstance(data, bytes) else data.encode(), addr)
-        super().datagram_received(data, addr)
-        if self.closed is None and self._quic._close_event is not None:
-            self._peer_closed()
+            self._learn_peer(packet, addr)
+        self._quic.receive_datagram(packet, addr, now=self._loop_time())
+        self._after_receive()
 
     def datagrams_received(self, data: list[bytes], addr: Any) -> None:
         if not self._peer_cid_known and data:
             self._learn_peer(data[0], addr)
-        super().datagrams_received(data, addr)
+        self._quic.receive_many_datagrams(data, addr, now=self._loop_time())
+        self._after_receive()
+
+    def _after_receive(self) -> None:
+        self._process_events()
         if self.closed is None and self._quic._close_event is not None:
             self._peer_closed()
+        # Transmit two loop iterations later rather than at once: by then the
+        # application has reacted to what arrived (an echo, a response), so its
+        # data and our ACKs leave in the same packets instead of separate ones.
+        if not self._transmit_deferred:
+            self._transmit_deferred = True
+            self._loop.call_soon(self._loop.call_soon, self._deferred_transmit)
+
+    def _deferred_transmit(self) -> None:
+        self._transmit_deferred = False
+        self._transmit_now()
 
     def _peer_closed(self) -> None:
         """qh3 learnt of a close but reports it only after the draining period: act now."""
