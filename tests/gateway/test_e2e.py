@@ -146,6 +146,7 @@ async def test_each_policy_violation_is_dropped_and_answered_with_scmp(tmp_path:
                     assert (message.code, message.pointer) == (code, pointer), reason
                     assert packet.startswith(message.quote), reason
                     assert reply.address.src_ia == me.isd_as
+                    assert reply.destination == me, reason  # also when the source was spoofed
                 assert router.queue.empty()  # nothing invalid left the gateway
                 m = scrape(gw.metrics)
             for reason, _, code, _ in cases:

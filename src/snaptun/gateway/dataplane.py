@@ -258,7 +258,13 @@ class Dataplane:
             return
         limit = port.sender.max_packet_size or MAX_SCMP_ERROR_PACKET
         reply = build_parameter_problem(
-            offending, code, pointer, port.gateway, port.address, min(limit, MAX_SCMP_ERROR_PACKET)
+            offending,
+            code,
+            pointer,
+            port.gateway,
+            port.address,
+            min(limit, MAX_SCMP_ERROR_PACKET),
+            destination=port.address,  # the tunnel's client, even if it spoofed its source
         )
         if self._to_tunnel(port, reply):
             self._metrics.scmp_sent.labels(str(code)).inc()

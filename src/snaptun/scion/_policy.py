@@ -159,15 +159,18 @@ def build_parameter_problem(  # noqa: PLR0917 - signature agreed with the gatewa
     max_size: int = MAX_SCMP_ERROR_PACKET,
     *,
     flow_id: int = 1,
+    destination: EndhostAddress | None = None,
 ) -> bytes:
     """An SCMP Parameter Problem packet about ``offending``, to send back into the tunnel.
 
     It comes from ``gateway``'s host in the client's ISD-AS over the empty path
     and goes to the offending packet's source if that is an IP end-host
-    address, else to ``client`` (the tunnel's assigned address). It quotes as
+    address, else to ``client`` (the tunnel's assigned address), unless
+    ``destination`` says where (a gateway answers into the tunnel, so it
+    addresses the tunnel's client even when the source was spoofed). It quotes as
     much of ``offending`` as keeps the whole packet within ``max_size`` bytes.
     """
-    destination = _offending_source(offending) or client
+    destination = destination or _offending_source(offending) or client
     address = AddressHeader(destination.isd_as, client.isd_as, destination.ip, gateway.ip)
     room = max_size - COMMON_HEADER_LEN - len(address.encode()) - SCMP_ERROR_PREFIX_LEN
     if room < 0:
