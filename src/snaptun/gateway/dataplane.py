@@ -149,11 +149,6 @@ class Dataplane:
         if self._transport is not None:
             self._transport.close()
 
-    @property
-    def tunnel_count(self) -> int:
-        """Tunnels attached."""
-        return len({id(p) for p in self._tunnels.values()})
-
     # ---- tunnels ----------------------------------------------------------------------------
 
     def attach(self, sender: Sender[Any], control: Control[Any]) -> TunnelPort:

@@ -50,7 +50,6 @@ class _Live:
     sender: Sender[Any] | None
     """None until the setup finished."""
     task: asyncio.Task[None]
-    remote: str
 
 
 @dataclass
@@ -174,7 +173,7 @@ class Gateway:
                 continue
             task = asyncio.ensure_future(self._serve(conn, remote))
             task.add_done_callback(self._forget)
-            self._live[id(task)] = _Live(None, task, remote)
+            self._live[id(task)] = _Live(None, task)
 
     def _forget(self, task: asyncio.Task[None]) -> None:
         self._live.pop(id(task), None)
