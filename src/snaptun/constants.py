@@ -31,6 +31,14 @@ PATH_ADDRESS_ASSIGNMENT: Final = "/connectrpc.v1.snaptun/assign_addresses"
 AUTH_HEADER: Final = "Authorization"
 
 
+REPLACED_CLOSE_CODE: Final = 0
+"""Close code (QUIC NO_ERROR) of a tunnel whose grant a newer tunnel of its identity took over."""
+REPLACED_REASON: Final = "replaced by a newer tunnel"
+"""Close reason of such a tunnel; clients treat it as final (no reconnect)."""
+INTERNAL_ERROR_REASON: Final = "internal error"
+"""Close reason (code 5) when serving a tunnel raised something unexpected."""
+
+
 class CloseCode(enum.IntEnum):
     """QUIC application close codes (the reference's ``SnaptunConnErrors``)."""
 

@@ -11,6 +11,8 @@ per enum and one subclass per case::
     │   ├── AcceptConnectionError       the connection failed during setup
     │   ├── AcceptParseError            a setup request did not parse (.cause)
     │   ├── AcceptSendError             a setup response could not be sent (.cause)
+    │   ├── AcceptReplaced              a newer tunnel of the identity took the grant over
+    │   ├── AcceptInternalError         a defect while serving the setup (close code 5)
     │   └── UnexpectedControlRequest    wrong request, or a non-2xx answer, during setup
     ├── AddressAssignmentError
     │   └── NoAddressAssigned
@@ -18,6 +20,8 @@ per enum and one subclass per case::
     │   ├── ControlParseError           (.cause: ParseControlRequestError)
     │   ├── ControlSendError            (.cause: SendControlResponseError)
     │   ├── SessionExpired
+    │   ├── TunnelReplaced              a newer tunnel of the identity took the grant over
+    │   ├── ControlInternalError        a defect while serving a request (close code 5)
     │   └── ClosedPrematurely
     ├── ParseControlRequestError        the peer broke the control protocol
     │   ├── InvalidRequest              close code 1, reason phrase in .reason
@@ -57,7 +61,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from snaptun.constants import CloseCode
+from snaptun.constants import REPLACED_REASON, CloseCode
 
 if TYPE_CHECKING:
     from snaptun.aio.server import Sender
@@ -129,6 +133,21 @@ class AcceptSendError(AcceptError):
     def __init__(self, cause: SendControlResponseError) -> None:
         self.cause = cause
         super().__init__(f"send control response error: {cause}")
+
+
+class AcceptReplaced(AcceptError):
+    """A newer tunnel of the same identity took the grant over before this setup finished."""
+
+    def __init__(self) -> None:
+        super().__init__(REPLACED_REASON)
+
+
+class AcceptInternalError(AcceptError):
+    """An unexpected exception while serving the setup; closed with code 5 (``cause``)."""
+
+    def __init__(self, cause: BaseException) -> None:
+        self.cause = cause
+        super().__init__(f"internal error: {type(cause).__name__}: {cause}")
 
 
 class UnexpectedControlRequest(AcceptError):
@@ -228,6 +247,21 @@ class SessionExpired(ControlError):
 
     def __init__(self) -> None:
         super().__init__("session expired")
+
+
+class TunnelReplaced(ControlError):
+    """A newer tunnel of the same identity took the grant over; closed with code 0."""
+
+    def __init__(self) -> None:
+        super().__init__(REPLACED_REASON)
+
+
+class ControlInternalError(ControlError):
+    """An unexpected exception while serving a request; closed with code 5 (``cause``)."""
+
+    def __init__(self, cause: BaseException) -> None:
+        self.cause = cause
+        super().__init__(f"internal error: {type(cause).__name__}: {cause}")
 
 
 class ClosedPrematurely(ControlError):

@@ -21,6 +21,10 @@ Errors (all :class:`~snaptun.errors.ClientError`)::
     BridgeError
     ├── TunnelRefused          the gateway refused the setup for good (HTTP 400/401,
     │                          or close code 1/3 during setup)
+    ├── TunnelReplacedError    a newer tunnel of the same identity took the grant over
+    │                          (close code 0, "replaced by a newer tunnel"): final, so
+    │                          that two instances sharing one identity do not replace
+    │                          each other forever
     └── ReconnectsExhausted    max_reconnects consecutive attempts failed
     TokenSourceError           the token file could not be read (retried, not fatal)
 
@@ -45,7 +49,7 @@ from typing import Any, Final
 
 from snaptun.aio.client import ClientBuilder, ClientControl, ClientReceiver, ClientSender
 from snaptun.aio.quic import QuicConnection
-from snaptun.constants import CloseCode
+from snaptun.constants import REPLACED_CLOSE_CODE, REPLACED_REASON, CloseCode
 from snaptun.core.addressing import EndhostAddress
 from snaptun.errors import (
     ClientError,
@@ -72,6 +76,7 @@ __all__ = [
     "TunnelBridge",
     "TunnelConnected",
     "TunnelRefused",
+    "TunnelReplacedError",
     "builder_factory",
 ]
 
@@ -117,6 +122,26 @@ class TunnelRefused(BridgeError):
 
     def __init__(self, cause: BaseException) -> None:
         super().__init__(f"gateway refused the tunnel: {cause}", cause)
+
+
+class TunnelReplacedError(BridgeError):
+    """The gateway closed the tunnel because a newer tunnel of the same identity took over."""
+
+    def __init__(self, cause: ConnectionLost) -> None:
+        super().__init__(
+            f"{cause}; another client uses the same identity, so this one stops", cause
+        )
+
+
+def is_replaced(lost: BaseException | None) -> bool:
+    """Whether ``lost`` is the gateway's "replaced by a newer tunnel" close."""
+    return (
+        isinstance(lost, ConnectionLost)
+        and lost.by_peer
+        and lost.application
+        and lost.code == REPLACED_CLOSE_CODE
+        and lost.reason == REPLACED_REASON
+    )
 
 
 class ReconnectsExhausted(BridgeError):
@@ -284,6 +309,7 @@ class TunnelBridge:
         *,
         desired: Sequence[EndhostAddress] = (),
         on_connected: Callable[[TunnelConnected], None] | None = None,
+        on_closed: Callable[[ConnectionLost], None] | None = None,
         max_reconnects: int | None = None,
         backoff: Backoff | None = None,
         local_queue: int = 1024,
@@ -302,6 +328,8 @@ class TunnelBridge:
         self.desired: list[EndhostAddress] = list(desired)
         """What the next connection asks for: the last assigned addresses, once there are any."""
         self.on_connected = on_connected
+        self.on_closed = on_closed
+        """Called with the close (code and reason) each time an established tunnel ends."""
         self.max_reconnects = max_reconnects
         self._backoff = backoff or Backoff()
         self._send_wait_bound = send_wait_bound
@@ -393,6 +421,7 @@ class TunnelBridge:
                     finally:
                         self._go_offline()
                         self.counters.dropped_tunnel_queue += conn.datagrams_dropped_rx
+                    self._tunnel_ended(last_error)
                     if time.monotonic() - started >= self._backoff.maximum:
                         level = 0
             except TunnelRefused as exc:
@@ -410,6 +439,15 @@ class TunnelBridge:
                 self.counters.connect_failures += 1
                 log.warning("cannot connect to the gateway: %s", exc)
 
+    def _tunnel_ended(self, why: BaseException | None) -> None:
+        """Report the close; a "replaced by a newer tunnel" close ends the bridge."""
+        if not isinstance(why, ConnectionLost):
+            return
+        if self.on_closed is not None:
+            self.on_closed(why)
+        if is_replaced(why):
+            raise TunnelReplacedError(why)
+
     async def _setup(
         self, conn: QuicConnection, desired: Sequence[EndhostAddress]
     ) -> tuple[ClientSender, ClientReceiver, ClientControl]:
@@ -421,6 +459,8 @@ class TunnelBridge:
                 raise TunnelRefused(exc) from exc
             raise _Transient(exc) from exc
         except ConnectionLost as exc:
+            if is_replaced(exc):
+                raise TunnelReplacedError(exc) from exc
             if exc.by_peer and exc.application and exc.code in REFUSAL_CLOSE_CODES:
                 raise TunnelRefused(exc) from exc
             raise _Transient(exc) from exc

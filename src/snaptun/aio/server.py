@@ -23,19 +23,31 @@ from collections.abc import Callable, Generator
 from typing import Any, Generic
 
 from snaptun.aio.quic import QuicConnection, QuicStream, QuicStreamReset
-from snaptun.constants import ACCEPT_TIMEOUT, SEND_TIMEOUT, CloseCode
+from snaptun.constants import (
+    ACCEPT_TIMEOUT,
+    INTERNAL_ERROR_REASON,
+    REPLACED_CLOSE_CODE,
+    REPLACED_REASON,
+    SEND_TIMEOUT,
+    CloseCode,
+)
 from snaptun.core.addressing import EndhostAddress
 from snaptun.core.allocator import AddressAllocator
 from snaptun.core.control import ControlRequest, RequestKind, RequestReader, encode_response
+from snaptun.core.registry import TunnelRegistry
 from snaptun.core.state import ControlAnswer, TunnelStateMachine
 from snaptun.core.tokens import TokenT, TokenValidator
 from snaptun.errors import (
     AcceptConnectionError,
+    AcceptError,
+    AcceptInternalError,
     AcceptParseError,
+    AcceptReplaced,
     AcceptSendError,
     AcceptTimeout,
     ClosedPrematurely,
     ConnectionLost,
+    ControlInternalError,
     ControlParseError,
     ControlSendError,
     NewAssignedAddress,
@@ -46,6 +58,7 @@ from snaptun.errors import (
     SendConnectionClosed,
     SendControlResponseError,
     SessionExpired,
+    TunnelReplaced,
     UnexpectedControlRequest,
 )
 from snaptun.metrics import Metrics
@@ -93,7 +106,18 @@ async def send_response(stream: QuicStream, response: ControlAnswer) -> None:
 
 
 class Server(Generic[TokenT]):
-    """Accepts QUIC connections and turns them into snap tunnels."""
+    """Accepts QUIC connections and turns them into snap tunnels.
+
+    Newest wins: when a tunnel is granted an address that an older live tunnel
+    of the same identity uses, the older one is closed at once with code 0
+    and the reason "replaced by a newer tunnel" (its Control ends with
+    :class:`~snaptun.errors.TunnelReplaced`), and only the tunnel that holds
+    the grant puts it on hold when it ends (:mod:`snaptun.core.registry`).
+
+    Any unexpected exception while serving a tunnel closes that connection
+    with code 5 ("internal error") and is logged once, with its traceback:
+    a defect never leaves a client waiting on an open connection.
+    """
 
     def __init__(
         self,
@@ -103,10 +127,13 @@ class Server(Generic[TokenT]):
         *,
         clock: Callable[[], float] = time.time,
         accept_timeout: float = ACCEPT_TIMEOUT,
+        registry: TunnelRegistry | None = None,
     ) -> None:
         self._allocator = allocator
         self._validator = validator
         self.metrics = metrics if metrics is not None else Metrics.isolated()
+        self.registry = registry if registry is not None else TunnelRegistry()
+        """Which live tunnel uses each identity's grant (shared by all tunnels of this server)."""
         self._clock = clock
         self._accept_timeout = accept_timeout
 
@@ -118,7 +145,10 @@ class Server(Generic[TokenT]):
         On failure the connection is closed with the protocol's close code
         and an :class:`~snaptun.errors.AcceptError` is raised.
         """
-        machine: TunnelStateMachine[TokenT] = TunnelStateMachine(self._validator, self._allocator)
+        machine: TunnelStateMachine[TokenT] = TunnelStateMachine(
+            self._validator, self._allocator, self.registry
+        )
+        machine.on_replaced(lambda: conn.close(REPLACED_CLOSE_CODE, REPLACED_REASON))
         try:
             async with asyncio.timeout(self._accept_timeout):
                 await self._setup_step(
@@ -134,9 +164,21 @@ class Server(Generic[TokenT]):
             machine.shutdown()
             conn.close(CloseCode.TIMEOUT, "timeout establishing snaptun")
             raise AcceptTimeout from None
+        except AcceptError:
+            machine.shutdown()
+            if machine.was_replaced:
+                raise AcceptReplaced from None
+            raise
+        except Exception as exc:
+            machine.shutdown()
+            log.exception("unexpected error setting up a tunnel; closing it with code 5")
+            conn.close(CloseCode.INTERNAL_ERROR, INTERNAL_ERROR_REASON)
+            raise AcceptInternalError(exc) from exc
         except BaseException:
             machine.shutdown()
             raise
+        if machine.is_closed:  # replaced while its last answer was on the way
+            raise AcceptReplaced
         version = machine.version
         return (
             Sender(conn, machine, version, self.metrics),
@@ -302,6 +344,7 @@ class Control(Generic[TokenT]):
         self._listeners: list[Callable[[], None]] = []
         self.requests_served = 0
         self.requests_dropped = 0
+        machine.on_replaced(self._replaced)
 
     @property
     def machine(self) -> TunnelStateMachine[TokenT]:
@@ -364,7 +407,19 @@ class Control(Generic[TokenT]):
         self._requests.add(task)
         task.add_done_callback(self._requests.discard)
 
+    def _replaced(self) -> None:
+        if self._failure is None:
+            self._failure = TunnelReplaced()
+        self._changed.set()
+
     async def _serve(self, stream: QuicStream) -> None:
+        try:
+            await self._serve_request(stream)
+        except Exception as exc:
+            log.exception("unexpected error serving a control request; closing with code 5")
+            self._fail(ControlInternalError(exc), CloseCode.INTERNAL_ERROR, INTERNAL_ERROR_REASON)
+
+    async def _serve_request(self, stream: QuicStream) -> None:
         try:
             async with asyncio.timeout(self._request_timeout):
                 request = await read_request(stream)

@@ -1,10 +1,12 @@
 """``snaptun connect``: bridge a local UDP socket into a snaptun tunnel.
 
 A thin layer over :class:`snaptun.aio.bridge.TunnelBridge`. One JSON object
-per line on stdout: ``connected`` after every (re)connect, ``error`` when it
-gives up, and a final ``stopped`` line with the counters. Exit code 0 after
-SIGINT/SIGTERM, 1 when the gateway refuses the tunnel for good or the
-reconnect attempts are exhausted.
+per line on stdout: ``connected`` after every (re)connect, ``closed`` with the
+close code and reason each time a tunnel ends, ``error`` when it gives up, and
+a final ``stopped`` line with the counters. Exit code 0 after SIGINT/SIGTERM,
+1 when the gateway refuses the tunnel for good, replaces it with a newer
+tunnel of the same identity (final: no reconnect), or the reconnect attempts
+are exhausted.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from snaptun.cli._common import (
     setup_logging,
 )
 from snaptun.core.addressing import EndhostAddress
+from snaptun.errors import ConnectionLost
 
 __all__ = ["register", "run_connect"]
 
@@ -179,12 +182,24 @@ async def run_connect(args: argparse.Namespace, out: TextIO | None = None) -> in
     def connected(info: TunnelConnected) -> None:
         emit(info.as_record(), stream)
 
+    def closed(lost: ConnectionLost) -> None:
+        emit(
+            {
+                "event": "closed",
+                "close_code": lost.code,
+                "close_reason": lost.reason,
+                "by_peer": lost.by_peer,
+            },
+            stream,
+        )
+
     bridge = TunnelBridge(
         connect,
         builder_factory(source, renew_threshold=args.renew_threshold),
         args.local,
         desired=[args.desired] if args.desired is not None else [],
         on_connected=connected,
+        on_closed=closed,
         max_reconnects=args.max_reconnects,
     )
     loop = asyncio.get_running_loop()

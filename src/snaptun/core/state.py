@@ -9,12 +9,22 @@ Transitions are an explicit table; anything not in it is refused. The
 machine carries a version that goes up on every change of state or of the
 assigned address, so Senders and Receivers notice changes with one integer
 comparison per packet.
+
+Machines that share a :class:`~snaptun.core.registry.TunnelRegistry` (all
+tunnels of one server) keep its invariant: an identity's grant is used by one
+live tunnel. A machine that is granted an address claims the grant in the
+same call; an older machine of the same identity is then *replaced*: it goes
+to Closed at once, without putting the grant on hold, and its
+``on_replaced`` listeners run (the server closes that connection with code 0,
+"replaced by a newer tunnel"). Only the machine that holds the grant puts it
+on hold when it closes.
 """
 
 from __future__ import annotations
 
 import enum
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Generic
 
@@ -27,6 +37,7 @@ from snaptun.core.messages import (
     encode_address_assign_response,
     encode_session_renewal_response,
 )
+from snaptun.core.registry import TunnelRegistry
 from snaptun.core.tokens import TokenT, TokenValidator
 from snaptun.errors import (
     AddressAllocationError,
@@ -106,14 +117,23 @@ class ControlAnswer:
 class TunnelStateMachine(Generic[TokenT]):
     """Validates control requests, allocates addresses and tracks the session."""
 
-    def __init__(self, validator: TokenValidator[TokenT], allocator: AddressAllocator[TokenT]):
+    def __init__(
+        self,
+        validator: TokenValidator[TokenT],
+        allocator: AddressAllocator[TokenT],
+        registry: TunnelRegistry | None = None,
+    ):
         self._validator = validator
         self._allocator = allocator
+        self._registry = registry if registry is not None else TunnelRegistry()
         self.state = TunnelState.UNASSIGNED
         self.version = 0
         self.session_expiry: float | None = None
         self.allocation: AddressAllocation | None = None
         self.claims: TokenT | None = None
+        self.was_replaced = False
+        """Whether a newer tunnel of the same identity took the grant over (then Closed)."""
+        self._on_replaced: list[Callable[[], None]] = []
 
     # ---- queries -------------------------------------------------------------------
 
@@ -193,14 +213,36 @@ class TunnelStateMachine(Generic[TokenT]):
             )
         self.claims = claims
         self._set(new, allocation)
+        # Same call as the grant: an older tunnel of this identity closes before anything runs.
+        self._registry.claim(claims.id(), self)
         body = encode_address_assign_response([AddressRange.from_endhost(allocation.address)])
         return ControlAnswer(200, body)
 
     def shutdown(self) -> None:
-        """Close the tunnel for good and put its address on hold."""
+        """Close the tunnel for good; its address goes on hold if this tunnel held the grant."""
         if self.allocation is not None and not self.is_closed:
-            self._allocator.put_on_hold(self.allocation.id)
+            identity = self.allocation.id.id
+            if self._registry.release(identity, self):
+                self._allocator.put_on_hold(self.allocation.id)
         self._set(next_state(self.state, TunnelEvent.SHUTDOWN), self.allocation)
+
+    def on_replaced(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (once) when a newer tunnel of this identity replaces this one."""
+        self._on_replaced.append(listener)
+
+    def replaced(self) -> None:
+        """A newer tunnel took the grant over: close at once, leave the grant to it.
+
+        Called by the registry; the machine is Closed (every Sender and
+        Receiver refuses from now on) before the listeners run.
+        """
+        if self.is_closed:
+            return
+        self.was_replaced = True
+        self._set(next_state(self.state, TunnelEvent.SHUTDOWN), self.allocation)
+        listeners, self._on_replaced = self._on_replaced, []
+        for listener in listeners:
+            listener()
 
     def _set(self, state: TunnelState, allocation: AddressAllocation | None) -> None:
         changed = state is not self.state or (

@@ -8,6 +8,12 @@
 * From the underlay: a packet goes into the tunnel whose address is its
   destination; unparsable packets and unknown destinations are dropped.
 
+Invariant: an address is routed to, and accepted as source from, at most one
+tunnel. :meth:`Dataplane.attach` refuses an address that is routed already
+(:class:`RouteConflict`, a defect: the server's newest-wins registry closes
+and detaches the older tunnel before the newer one is attached), and a packet
+from a tunnel that is no longer attached is dropped (``tunnel_detached``).
+
 No task per packet: one receive loop per tunnel, and the underlay socket's
 protocol callback. Every queue is bounded (the tunnel's QUIC send queue, the
 underlay transport's write buffer); a full queue drops and counts.
@@ -39,7 +45,7 @@ from snaptun.scion import (
     may_answer_with_scmp_error,
 )
 
-__all__ = ["Dataplane", "TunnelPort", "route_key"]
+__all__ = ["Dataplane", "RouteConflict", "TunnelPort", "route_key"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +67,10 @@ def route_key(packet: bytes) -> bytes | None:
 def address_key(address: EndhostAddress) -> bytes:
     """The :func:`route_key` of packets addressed to ``address``."""
     return address.isd_as.to_int().to_bytes(8, "big") + address.ip.packed
+
+
+class RouteConflict(RuntimeError):
+    """An address would be routed to two tunnels at once (a defect, never peer input)."""
 
 
 class _BufferedTransport(Protocol):
@@ -152,10 +162,13 @@ class Dataplane:
     # ---- tunnels ----------------------------------------------------------------------------
 
     def attach(self, sender: Sender[Any], control: Control[Any]) -> TunnelPort:
-        """Register a tunnel under its assigned address; follows later re-assignments."""
+        """Route the tunnel's assigned address to it; follows later re-assignments.
+
+        Raises :class:`RouteConflict` if the address is routed to another tunnel.
+        """
         address = sender.assigned_addresses[0]
         port = TunnelPort(sender, address, address_key(address), self._gateway_for(address))
-        self._tunnels[port.key] = port
+        self._route(port)
         control.on_change(lambda: self._follow(port, control))
         return port
 
@@ -171,10 +184,18 @@ class Dataplane:
             return
         if address == port.address:
             return
+        key = address_key(address)
+        if self._tunnels.get(key, port) is not port:
+            raise RouteConflict(f"{address} is routed to another tunnel already")
         self.detach(port)
         port.address = address
-        port.key = address_key(address)
+        port.key = key
         port.gateway = self._gateway_for(address)
+        self._route(port)
+
+    def _route(self, port: TunnelPort) -> None:
+        if self._tunnels.get(port.key, port) is not port:
+            raise RouteConflict(f"{port.address} is routed to another tunnel already")
         self._tunnels[port.key] = port
 
     def _gateway_for(self, client: EndhostAddress) -> EndhostAddress | None:
@@ -197,6 +218,9 @@ class Dataplane:
 
     def from_tunnel(self, port: TunnelPort, packet: bytes) -> None:
         """Police and forward one packet a client sent."""
+        if self._tunnels.get(port.key) is not port:
+            self._drop("tunnel_detached")  # replaced or closed: its address is not its own
+            return
         violation = check_tunnel_packet(packet, port.address)
         if violation is not None:
             self._drop(violation.reason)

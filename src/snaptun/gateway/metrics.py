@@ -33,6 +33,16 @@ class GatewayMetrics:
             ["code"],
             registry=reg,
         )
+        self.replaced = Counter(
+            "snaptun_gateway_tunnels_replaced",
+            "Tunnels closed because a newer tunnel of the same identity took their grant over.",
+            registry=reg,
+        )
+        self.internal_errors = Counter(
+            "snaptun_gateway_internal_errors",
+            "Tunnels closed with code 5 because serving them raised something unexpected.",
+            registry=reg,
+        )
         self.packets = Counter(
             "snaptun_gateway_packets",
             "Packets forwarded, by direction.",

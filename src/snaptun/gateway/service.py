@@ -18,12 +18,24 @@ from pathlib import Path
 from typing import Any, Final
 
 from snaptun.aio.quic import QuicConnection, QuicEndpoint, QuicSettings, fingerprint_of, listen
-from snaptun.aio.server import Sender, Server
+from snaptun.aio.server import Control, Sender, Server
+from snaptun.constants import (
+    INTERNAL_ERROR_REASON,
+    REPLACED_CLOSE_CODE,
+    REPLACED_REASON,
+    CloseCode,
+)
 from snaptun.core.allocator import AddressManager
 from snaptun.core.tokens import JwtTokenValidator, load_public_key
-from snaptun.errors import AcceptError, ControlError, SessionExpired
+from snaptun.errors import (
+    AcceptError,
+    AcceptInternalError,
+    ControlError,
+    SessionExpired,
+    TunnelReplaced,
+)
 from snaptun.gateway.config import GatewayConfig
-from snaptun.gateway.dataplane import Dataplane
+from snaptun.gateway.dataplane import Dataplane, TunnelPort
 from snaptun.gateway.events import EventLog
 from snaptun.gateway.http import HttpServer, metrics_route
 from snaptun.gateway.metrics import GatewayMetrics
@@ -179,8 +191,22 @@ class Gateway:
         self._live.pop(id(task), None)
 
     async def _serve(self, conn: QuicConnection, remote: str) -> None:
-        assert self._dataplane is not None
+        """Serve one tunnel; a defect of ours closes it with code 5, logged once."""
         me = self._live.get(id(asyncio.current_task()))
+        try:
+            await self._serve_tunnel(conn, remote, me)
+        except Exception:
+            log.exception("unexpected error serving the tunnel from %s; closing it", remote)
+            self.metrics.internal_errors.inc()
+            if conn.closed is None:
+                if me is not None and me.sender is not None:
+                    me.sender.close(CloseCode.INTERNAL_ERROR, INTERNAL_ERROR_REASON)
+                else:
+                    conn.close(CloseCode.INTERNAL_ERROR, INTERNAL_ERROR_REASON)
+                self.metrics.closes.labels(str(CloseCode.INTERNAL_ERROR.value)).inc()
+
+    async def _serve_tunnel(self, conn: QuicConnection, remote: str, me: _Live | None) -> None:
+        assert self._dataplane is not None
         conn.on_receive_drop = self.metrics.drops.labels("tunnel_receive_queue_full").inc
         try:
             sender, receiver, control = await self._server.accept_with_timeout(conn)
@@ -195,7 +221,9 @@ class Gateway:
         self.metrics.active_tunnels.inc()
         self.events.emit("accepted", remote=remote, identity=identity, address=str(address))
         port = self._dataplane.attach(sender, control)
-        state = {"address": address}
+        # Newest wins: the route goes the moment a newer tunnel takes the grant over.
+        control.machine.on_replaced(lambda: self._dataplane_detach(port))
+        state: dict[str, Any] = {"address": address}
 
         def changed() -> None:
             machine = control.machine
@@ -211,32 +239,10 @@ class Gateway:
         control.on_change(changed)
         pump = asyncio.ensure_future(self._dataplane.pump(port, receiver))
         try:
-            await control.run()
-            lost = conn.closed
-            reason = "client closed" if lost is None or lost.by_peer else lost.reason
-            self.events.emit(
-                "closed",
-                remote=remote,
-                identity=identity,
-                address=str(state["address"]),
-                reason=reason,
-            )
-        except SessionExpired:
-            self.metrics.closes.labels("4").inc()
-            self.events.emit(
-                "expired", remote=remote, identity=identity, address=str(state["address"]), code=4
-            )
-        except ControlError as exc:
-            code = conn.closed.code if conn.closed is not None else None
-            if conn.closed is not None and not conn.closed.by_peer:
-                self.metrics.closes.labels(str(code)).inc()
-            self.events.emit(
-                "closed",
-                remote=remote,
-                identity=identity,
-                address=str(state["address"]),
-                reason=str(exc),
-                code=code,
+            await self._drive(
+                conn,
+                control,
+                lambda: {"remote": remote, "identity": identity, "address": str(state["address"])},
             )
         finally:
             pump.cancel()
@@ -244,6 +250,34 @@ class Gateway:
                 await pump
             self._dataplane.detach(port)
             self.metrics.active_tunnels.dec()
+
+    async def _drive(
+        self, conn: QuicConnection, control: Control[Any], where: Callable[[], dict[str, Any]]
+    ) -> None:
+        """Run the tunnel's Control until it ends; count and log how it ended."""
+        try:
+            await control.run()
+            lost = conn.closed
+            reason = "client closed" if lost is None or lost.by_peer else lost.reason
+            self.events.emit("closed", **where(), reason=reason)
+        except TunnelReplaced:
+            self.metrics.replaced.inc()
+            self.metrics.closes.labels(str(REPLACED_CLOSE_CODE)).inc()
+            self.events.emit(
+                "replaced", **where(), reason=REPLACED_REASON, code=REPLACED_CLOSE_CODE
+            )
+        except SessionExpired:
+            self.metrics.closes.labels("4").inc()
+            self.events.emit("expired", **where(), code=4)
+        except ControlError as exc:
+            code = conn.closed.code if conn.closed is not None else None
+            if conn.closed is not None and not conn.closed.by_peer:
+                self.metrics.closes.labels(str(code)).inc()
+            self.events.emit("closed", **where(), reason=str(exc), code=code)
+
+    def _dataplane_detach(self, port: TunnelPort) -> None:
+        if self._dataplane is not None:
+            self._dataplane.detach(port)
 
     def _refused(self, conn: QuicConnection, remote: str, exc: AcceptError) -> None:
         lost = conn.closed
@@ -253,6 +287,8 @@ class Gateway:
         if cause is not None:
             reason = f"{reason}:{type(cause).__name__}"
         self.metrics.setups.labels("refused", reason).inc()
+        if isinstance(exc, AcceptInternalError):
+            self.metrics.internal_errors.inc()
         if code is not None:
             self.metrics.closes.labels(str(code)).inc()
         self.events.emit("refused", remote=remote, reason=str(exc), code=code)

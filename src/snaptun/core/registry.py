@@ -1,0 +1,74 @@
+"""Which live tunnel uses each identity's grant: one tunnel per grant, the newest wins.
+
+An identity has at most one grant (:mod:`snaptun.core.allocator`), but it may
+open several tunnels: a client that roams, restarts, or two instances sharing
+one token. Handing the one grant to all of them breaks the gateway's routing
+(one address, several tunnels) and its holds (the first tunnel to end would
+put on hold an address that another still uses). So, as WireGuard-style
+roaming does, the newest tunnel takes the grant over and the older one is
+closed.
+
+Invariants (tested with a hypothesis state machine together with the
+allocator and :class:`~snaptun.core.state.TunnelStateMachine`):
+
+* an identity's grant is used by at most one live tunnel, its *holder*;
+* a tunnel that is granted an address becomes the holder at once, in the same
+  call, and the previous holder (if any) is told to close before anything
+  else can run: there is no instant at which both count as live;
+* only the holder may put the grant on hold when it ends; a replaced tunnel
+  ends without touching the grant.
+
+The registry holds one entry per identity with a live assigned tunnel, so it
+is bounded by the number of live tunnels. Sans-I/O: holders are told through
+a plain method call.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+__all__ = ["GrantHolder", "TunnelRegistry"]
+
+
+class GrantHolder(Protocol):
+    """A tunnel that can be told a newer tunnel of its identity took its grant over."""
+
+    def replaced(self) -> None:
+        """Close for good, without putting the grant on hold (the newer tunnel uses it)."""
+        ...
+
+
+class TunnelRegistry:
+    """Maps each identity to the one live tunnel that uses its grant."""
+
+    def __init__(self) -> None:
+        self._holders: dict[str, GrantHolder] = {}
+        self.replacements = 0
+        """How many tunnels were replaced by a newer one (a plain counter for metrics)."""
+
+    def claim(self, identity: str, holder: GrantHolder) -> None:
+        """Make ``holder`` the user of ``identity``'s grant; the previous one is replaced.
+
+        The previous holder's :meth:`GrantHolder.replaced` runs before this
+        returns, after the registry already names the new holder, so a
+        replaced tunnel that ends at once cannot release the grant.
+        """
+        previous = self._holders.get(identity)
+        self._holders[identity] = holder
+        if previous is not None and previous is not holder:
+            self.replacements += 1
+            previous.replaced()
+
+    def release(self, identity: str, holder: GrantHolder) -> bool:
+        """``holder`` ends; True if it was the holder (then the caller holds the grant)."""
+        if self._holders.get(identity) is holder:
+            del self._holders[identity]
+            return True
+        return False
+
+    def holder_of(self, identity: str) -> GrantHolder | None:
+        """The live tunnel that uses ``identity``'s grant, if any."""
+        return self._holders.get(identity)
+
+    def __len__(self) -> int:
+        return len(self._holders)
