@@ -159,7 +159,10 @@ class ClientControl:
         return list(self._assigned)
 
     async def renew_session(self, token: str | None = None) -> float:
-        """Send renew_session (with ``token`` if given, from then on) and return the new expiry."""
+        """Send renew_session (with ``token`` if given, from then on) and return the new expiry.
+
+        The expiry is the server's ``valid_until`` as an exact integer (unix seconds).
+        """
         if token is not None:
             self._token = token
         response = await control_request(
@@ -169,7 +172,7 @@ class ClientControl:
             valid_until = decode_session_renewal_response(response.body)
         except MessageDecodeError as exc:
             raise MalformedResponse(f"bad session renewal response: {exc}") from exc
-        self.session_expiry = float(valid_until)
+        self.session_expiry = valid_until  # exact: a uint64 does not survive a float
         self.renewals += 1
         return self.session_expiry
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Generic
@@ -49,6 +50,9 @@ _ANY_ADDRESS: Final[tuple[tuple[IsdAs, IPNetwork], ...]] = (
     (WILDCARD_ISD_AS, ipaddress.ip_network("0.0.0.0/32")),
     (WILDCARD_ISD_AS, ipaddress.ip_network("::/128")),
 )
+
+
+_MAX_UINT64: Final = 2**64 - 1
 
 
 class TunnelState(enum.Enum):
@@ -182,10 +186,17 @@ class TunnelStateMachine(Generic[TokenT]):
     def _renew(self, claims: TokenT) -> ControlAnswer:
         new = next_state(self.state, TunnelEvent.SESSION_RENEWED)
         expiry = claims.exp_time()
+        # valid_until is a uint64: any claims type whose expiry does not fit is malformed,
+        # and an integer expiry is answered exactly (2^64-1 stays 2^64-1).
+        if isinstance(expiry, float) and not math.isfinite(expiry):
+            return ControlAnswer(400, b"token expiry is not a finite number")
+        valid_until = expiry if isinstance(expiry, int) else int(expiry)
+        if not 0 <= valid_until <= _MAX_UINT64:
+            return ControlAnswer(400, b"token expiry does not fit valid_until (uint64)")
         self.claims = claims
         self.session_expiry = expiry
         self._set(new, self.allocation)
-        return ControlAnswer(200, encode_session_renewal_response(int(expiry)))
+        return ControlAnswer(200, encode_session_renewal_response(valid_until))
 
     def _assign(self, claims: TokenT, requested: tuple[AddressRange, ...]) -> ControlAnswer:
         if len(requested) > 1:

@@ -9,7 +9,10 @@ Validation outcomes, each with the HTTP status the server answers (§4)::
     TokenValidationError
     ├── InvalidSignature   401  the signature verifies with none of the trusted keys
     ├── MalformedToken     400  not a JWT, an algorithm other than EdDSA, missing or
-    │                           ill-typed required claims
+    │                           ill-typed required claims, a number claim outside
+    │                           uint64, a duplicate JSON key, or a base64url segment
+    │                           that is not in its one canonical spelling (padding,
+    │                           stray characters, non-zero trailing bits)
     └── TokenExpired       401  now > exp
 
 Expiry is checked against the ``now`` given by the caller, never the wall clock.
@@ -18,9 +21,13 @@ Nothing here does I/O except the key-file helpers at the bottom.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
+import json
 import math
 import os
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -55,6 +62,11 @@ __all__ = [
 
 #: The only JWS algorithm accepted or produced (Ed25519 signatures).
 JWT_ALGORITHM: Final = "EdDSA"
+
+#: Largest value of a numeric claim: the protobuf's uint64 (``valid_until``).
+MAX_UINT64: Final = 2**64 - 1
+
+_SEGMENT: Final = re.compile(r"[A-Za-z0-9_-]*")
 
 # Namespace for the identity StaticTokenValidator derives from its accepted string.
 _STATIC_NAMESPACE: Final = uuid.UUID("6f1c5b0e-2a7d-4d1e-9a51-5e0c7f3a9b21")
@@ -115,9 +127,9 @@ class SnapTokenClaims:
         """The pssid in its canonical hyphenated form."""
         return str(self.pssid)
 
-    def exp_time(self) -> float:
-        """The ``exp`` claim."""
-        return float(self.exp)
+    def exp_time(self) -> int:
+        """The ``exp`` claim, exact (an integer up to 2^64-1, never rounded through a float)."""
+        return self.exp
 
     @classmethod
     def required_claims(cls) -> tuple[str, ...]:
@@ -143,8 +155,8 @@ class SnapTokenClaims:
         except ValueError:
             raise MalformedToken("pssid claim is not a UUID") from None
         # bool is an int in Python, but not in JSON; the reference reads exp as u64.
-        if isinstance(exp, bool) or not isinstance(exp, int) or exp < 0:
-            raise MalformedToken("exp claim is not a non-negative integer")
+        if isinstance(exp, bool) or not isinstance(exp, int) or not 0 <= exp <= MAX_UINT64:
+            raise MalformedToken("exp claim is not an integer from 0 to 2^64-1")
         return cls(identity, exp)
 
     def to_claims(self) -> dict[str, object]:
@@ -208,6 +220,7 @@ class JwtTokenValidator(Generic[TokenT]):
         return claims
 
     def _verified_payload(self, token: str) -> dict[str, object]:
+        _check_canonical(token)
         for key in self._keys:
             try:
                 payload: dict[str, object] = jwt.decode(
@@ -228,6 +241,44 @@ class JwtTokenValidator(Generic[TokenT]):
                 raise MalformedToken(f"malformed token: {exc}") from None
             return payload
         raise InvalidSignature("token signature does not verify with any trusted key")
+
+
+def _check_canonical(token: str) -> None:
+    """Refuse any token with another spelling of the same bytes, or with duplicate keys.
+
+    One token, one spelling: each of the three segments must be unpadded
+    base64url whose re-encoding gives it back (no ``=``, no stray characters,
+    zero trailing bits). Header and payload must be JSON objects without a
+    duplicate key (PyJWT keeps the last one; the reference's serde refuses).
+    """
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise MalformedToken("malformed token: not three dot-separated segments")
+    decoded = []
+    for part in parts:
+        if not _SEGMENT.fullmatch(part):
+            raise MalformedToken("malformed token: a segment is not unpadded base64url")
+        try:
+            raw = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+        except (binascii.Error, ValueError):
+            raise MalformedToken("malformed token: a segment is not base64url") from None
+        if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != part:
+            raise MalformedToken("malformed token: a segment is not canonical base64url")
+        decoded.append(raw)
+    for raw in decoded[:2]:
+        try:
+            json.loads(raw, object_pairs_hook=_no_duplicates)
+        except (ValueError, RecursionError) as exc:
+            raise MalformedToken(f"malformed token: {exc}") from None
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        names = [name for name, _ in pairs]
+        duplicate = next(n for n in names if names.count(n) > 1)
+        raise ValueError(f"duplicate JSON key {duplicate!r}")
+    return result
 
 
 class StaticTokenValidator:
