@@ -159,10 +159,13 @@ class RequestReader:
     At most ``limit`` bytes are ever buffered; bytes beyond are dropped unread,
     as the reference's fixed buffer leaves them in the stream.
 
-    - After every feed the buffered bytes are parsed from the start. A head that
-      is not complete (partial or invalid) waits for more bytes; if the buffer is
-      full it is ``InvalidRequest("request too big")``, at EOF
-      ``RequestClosedPrematurely``.
+    - A head that is not complete (partial or invalid) waits for more bytes; if
+      the buffer is full it is ``InvalidRequest("request too big")``, at EOF
+      ``RequestClosedPrematurely``. The work is linear in the bytes fed: each
+      byte is scanned once for the end of the head (the first empty line after
+      the request line), and the head is parsed once, when that end arrives.
+      A head that does not parse then never will (its lines cannot change), so
+      the reader waits for the limit or EOF, as the reference does.
     - A complete head is checked: method ``POST``, one of the two paths, an
       ``Authorization: Bearer <token>`` header (name in any case, first wins).
     - renew_session is returned as soon as the head is complete; its body is
@@ -182,6 +185,11 @@ class RequestReader:
         self._limit = limit
         self._buf = bytearray()
         self._pending: tuple[RequestKind, str, int] | None = None  # kind, token, head length
+        self._scanned = 0  # bytes searched for the end of the head so far
+        self._start: int | None = None  # first byte of the request line, once seen
+        self._unparsable = False  # the head ended but does not parse: wait for limit or EOF
+        self.head_parses = 0
+        """How often the head was parsed (at most once: the reader is linear)."""
         self._outcome: ControlRequest | ParseControlRequestError | None = None
 
     @property
@@ -200,7 +208,7 @@ class RequestReader:
             return self._repeat()
         self._buf += data[: self._limit - len(self._buf)]
         try:
-            request = self._advance(has_newline=b"\n" in data)
+            request = self._advance()
         except ParseControlRequestError as exc:
             self._outcome = exc
             raise
@@ -225,11 +233,30 @@ class RequestReader:
         assert self._outcome is not None
         return self._outcome
 
-    def _advance(self, *, has_newline: bool) -> ControlRequest | None:
+    def _head_end_arrived(self) -> bool:
+        """Whether the empty line that ends the head is now buffered (scans new bytes only)."""
+        buf = self._buf
+        if self._start is None:
+            at = self._scanned
+            while at < len(buf) and buf[at] in b"\r\n":  # blank lines before the request line
+                at += 1
+            self._scanned = at
+            if at == len(buf):
+                return False
+            self._start = at
+        # An LF, an optional CR and an LF: the first empty line after a non-empty one.
+        since = max(self._start, self._scanned - 2)
+        self._scanned = len(buf)
+        return buf.find(b"\n\n", since) >= 0 or buf.find(b"\n\r\n", since) >= 0
+
+    def _advance(self) -> ControlRequest | None:
         full = len(self._buf) >= self._limit
         if self._pending is None:
-            # A head ends with a LF, so only a feed that brings one can complete it.
-            head = _parse_head(bytes(self._buf)) if has_newline else None
+            head = None
+            if not self._unparsable and self._head_end_arrived():
+                self.head_parses += 1
+                head = _parse_head(bytes(self._buf))
+                self._unparsable = head is None
             if head is None:
                 if full:
                     raise InvalidRequest("request too big")
