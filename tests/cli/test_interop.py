@@ -71,9 +71,10 @@ def test_our_client_against_ref_server(tmp_path: Path) -> None:
     argv = [str(SNAPTUN_REF), "server", "--listen=127.0.0.1:0", f"--cert={CERT}", f"--key={KEY}"]
     with (
         listener([*argv, "--token-validity=1"], tmp_path / "short.log") as (_, short),
-        listener([*argv, "--token-validity=2"], tmp_path / "renew.log") as (_, renew),
+        listener([*argv, "--token-validity=3"], tmp_path / "renew.log") as (_, renew),
     ):
-        # Expiries are whole seconds: a 1 s session may end within milliseconds.
+        # Expiries are whole seconds: a 1 s session may end within milliseconds, and a
+        # 3 s one renewed every second keeps at least 1 s of margin on a loaded machine.
         normal, bad, expired, renewed = _run_all(
             our_client(renew, "--count=20", "--size=1200"),
             our_client(short, "--token=WRONG"),
