@@ -108,3 +108,34 @@ def test_reassignment_moves_the_route() -> None:
     plane.from_underlay(scion_udp(FOREIGN, OTHER, b"new"))
     assert len(sender.sent) == 1
     assert _drops(metrics, "unknown_destination") == 1
+
+
+def test_scmp_answers_are_rate_limited_per_tunnel_and_counted() -> None:
+    metrics = GatewayMetrics()
+    now = [100.0]
+    gateway_ip = EndhostAddress.parse("1-ff00:0:110,10.0.0.1").ip
+    plane = Dataplane(
+        metrics,
+        gateway_addresses=[gateway_ip],
+        next_hop=("127.0.0.1", 9),
+        scmp_rate=5.0,
+        scmp_burst=3,
+        clock=lambda: now[0],
+    )
+    port, sender, _ = _attach(plane, ME)
+    other, other_sender, _ = _attach(plane, OTHER)
+    spoofed = scion_udp(FOREIGN, ME, b"spoof")  # source is not the tunnel's address
+    for _ in range(1000):
+        plane.from_tunnel(port, spoofed)
+    assert len(sender.sent) == 3  # the burst, then nothing
+    assert _drops(metrics, "invalid_source_address") == 1000  # every drop still counted
+    suppressed = metrics.registry.get_sample_value("snaptun_gateway_scmp_suppressed_total")
+    assert suppressed == 997
+    # Another tunnel has its own bucket.
+    plane.from_tunnel(other, scion_udp(FOREIGN, OTHER, b"spoof"))
+    assert len(other_sender.sent) == 1
+    # Time refills the bucket at the rate.
+    now[0] += 1.0
+    for _ in range(100):
+        plane.from_tunnel(port, spoofed)
+    assert len(sender.sent) == 3 + 3  # 5 tokens per second, capped at the burst of 3

@@ -5,11 +5,14 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from snaptun.core.addressing import EndhostAddress
 from snaptun.scion import (
     EMPTY_PATH,
     ParameterProblemCode,
+    ScionDecodeError,
     ScmpParameterProblem,
     Violation,
     build_parameter_problem,
@@ -94,9 +97,35 @@ def test_valid_ipv6_source_passes() -> None:
     assert check_tunnel_packet(raw, ASSIGNED_V6) is None
 
 
-def test_trailing_bytes_are_not_a_violation() -> None:
-    # Only a payload shorter than PayloadLen is "truncated"; the reference ignores the rest.
-    assert check_tunnel_packet(VALID + b"extra", ASSIGNED) is None
+def test_trailing_bytes_are_a_packet_size_violation_as_in_the_codec() -> None:
+    # The reference forwards them; ours refuses them, as decode() does (one packet, exactly).
+    raw = VALID + b"extra"
+    _assert_violation(raw, Violation.INVALID_PACKET_SIZE, 19, 12 + 16 + 8)
+    with pytest.raises(ScionDecodeError):
+        decode(raw)
+
+
+@given(
+    cut=st.integers(min_value=0, max_value=len(VALID)),
+    extra=st.binary(max_size=8),
+    flips=st.lists(st.tuples(st.integers(0, len(VALID) - 1), st.integers(1, 255)), max_size=3),
+)
+def test_policy_and_codec_agree(cut: int, extra: bytes, flips: list[tuple[int, int]]) -> None:
+    """A packet passes the policy exactly when it decodes with the tunnel's source and path."""
+    raw = bytearray(VALID[:cut] + extra)
+    for at, mask in flips:
+        if at < len(raw):
+            raw[at] ^= mask
+    passes = check_tunnel_packet(bytes(raw), ASSIGNED) is None
+    try:
+        decoded = decode(bytes(raw))
+    except ScionDecodeError:
+        decodes = False
+    else:
+        decodes = (
+            decoded.address.source == ASSIGNED and type(decoded.path).__name__ == "StandardPath"
+        )
+    assert passes == decodes
 
 
 def _assert_violation(raw: bytes, kind: Violation, code: int, pointer: int) -> None:

@@ -104,6 +104,8 @@ class GatewayConfig:
     mtu: int = 1452
     tunnel_queue: int = 1024  # datagrams per tunnel towards the client
     underlay_queue: int = 4096  # datagrams towards the underlay socket
+    scmp_rate: float = 10.0  # SCMP error answers per second per tunnel
+    scmp_burst: int = 20  # SCMP error answers a tunnel may get at once
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -132,9 +134,12 @@ def _problems(config: GatewayConfig) -> Iterator[tuple[str, str]]:
         ("mtu", config.mtu, 1200, 65527),
         ("tunnel_queue", config.tunnel_queue, 1, 1 << 20),
         ("underlay_queue", config.underlay_queue, 1, 1 << 20),
+        ("scmp_burst", config.scmp_burst, 1, 1 << 20),
     ):
         if not low <= value <= high:
             yield key, f"{value} is outside {low}..{high}"
+    if not math.isfinite(config.scmp_rate) or config.scmp_rate < 0:
+        yield "scmp_rate", f"{config.scmp_rate} is not a number of answers per second >= 0"
     if config.log_level not in LOG_LEVELS:
         yield "log_level", f"{config.log_level!r} is not one of {', '.join(LOG_LEVELS)}"
     yield from _pool_problems(config.pools, config.gateway_addresses)
@@ -296,6 +301,10 @@ _OPTIONS: Final = (
     _Option(
         "underlay_queue", "--underlay-queue", "N", "datagrams queued to the underlay (4096)", _int
     ),
+    _Option(
+        "scmp_rate", "--scmp-rate", "N", "SCMP error answers per second per tunnel (10)", _float
+    ),
+    _Option("scmp_burst", "--scmp-burst", "N", "SCMP error answers at once per tunnel (20)", _int),
     _Option("log_level", "--log-level", "LEVEL", f"{'|'.join(LOG_LEVELS)} (info)", _log_level),
 )
 _KEYS: Final = frozenset(option.key for option in _OPTIONS)

@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, cast
 
 from snaptun.aio.server import Control, Receiver, Sender
 from snaptun.core.addressing import EndhostAddress, IPAddress
+from snaptun.core.ratelimit import TokenBucket
 from snaptun.errors import (
     DatagramTooLarge,
     NewAssignedAddress,
@@ -92,6 +94,8 @@ class TunnelPort:
     key: bytes
     gateway: EndhostAddress | None
     """The gateway's own address in the client's ISD-AS and IP family (SCMP source)."""
+    scmp: TokenBucket
+    """Bounds the SCMP error answers this tunnel can make the gateway build."""
 
 
 class _Underlay(asyncio.DatagramProtocol):
@@ -115,7 +119,13 @@ class Dataplane:
         gateway_addresses: Sequence[IPAddress],
         next_hop: tuple[str, int],
         underlay_queue_bytes: int = 4 * 1024 * 1024,
+        scmp_rate: float = 10.0,
+        scmp_burst: int = 20,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._scmp_rate = scmp_rate
+        self._scmp_burst = scmp_burst
+        self._clock = clock
         self._metrics = metrics
         self._gateway_addresses = list(gateway_addresses)
         self._next_hop = next_hop
@@ -167,7 +177,8 @@ class Dataplane:
         Raises :class:`RouteConflict` if the address is routed to another tunnel.
         """
         address = sender.assigned_addresses[0]
-        port = TunnelPort(sender, address, address_key(address), self._gateway_for(address))
+        bucket = TokenBucket(self._scmp_rate, self._scmp_burst, self._clock())
+        port = TunnelPort(sender, address, address_key(address), self._gateway_for(address), bucket)
         self._route(port)
         control.on_change(lambda: self._follow(port, control))
         return port
@@ -274,6 +285,9 @@ class Dataplane:
 
     def _answer(self, port: TunnelPort, offending: bytes, code: int, pointer: int) -> None:
         if port.gateway is None or not may_answer_with_scmp_error(offending):
+            return
+        if not port.scmp.take(self._clock()):  # before any work: replies cost CPU
+            self._metrics.scmp_suppressed.inc()
             return
         limit = port.sender.max_packet_size or MAX_SCMP_ERROR_PACKET
         reply = build_parameter_problem(

@@ -61,6 +61,11 @@ class GatewayMetrics:
             ["code"],
             registry=reg,
         )
+        self.scmp_suppressed = Counter(
+            "snaptun_gateway_scmp_suppressed",
+            "SCMP error answers not sent because the tunnel's answer rate was exceeded.",
+            registry=reg,
+        )
         self.queue_depth = Gauge(
             "snaptun_gateway_queue_depth",
             "Datagrams (tunnels) or bytes (underlay) waiting in a queue.",

@@ -2,8 +2,11 @@
 
 A packet from a client is forwarded only if its headers parse, its source is
 the tunnel's assigned address, its path is a consistent standard path and its
-payload is complete. Checks run in the order a gateway parses the packet, on
-the raw bytes, without building a :class:`ScionPacket`. A violation carries
+payload is exactly PayloadLen bytes (neither truncated nor followed by trailing
+bytes: the policy accepts exactly the packets :func:`decode` accepts, whose
+source is the tunnel's and whose path is the standard one). Checks run in the
+order a gateway parses the packet, on the raw bytes, without building a
+:class:`ScionPacket`. A violation carries
 the SCMP Parameter Problem code and pointer to answer with, and a short
 ``reason`` for metrics; :func:`build_parameter_problem` builds that answer.
 """
@@ -141,7 +144,9 @@ def check_tunnel_packet(  # noqa: PLR0911 - one return per row of the §10 table
     if problem is not None:
         return PolicyViolation(Violation.INVALID_PATH, path_offset, problem)
 
-    if size - hdr_len < payload_len:
+    # Exactly PayloadLen bytes, as the codec requires: the reference forwards trailing
+    # bytes, but nobody defines them, so they are refused like a truncated payload.
+    if size - hdr_len != payload_len:
         return PolicyViolation(
             Violation.INVALID_PACKET_SIZE,
             path_offset,
