@@ -4,6 +4,8 @@ Configuration: TOML file < ``SNAPTUN_*`` environment < flags; ``--print-config``
 shows the effective result. On start it prints where its state lives and the
 certificate's fingerprint (stderr), then ``listening IP:PORT`` (stdout).
 SIGTERM/SIGINT: graceful shutdown, exit 0; a second signal exits at once.
+Exit 2 with one line: a bad setting, a state directory in use by another
+gateway, or a damaged state file (named, with what to do).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from snaptun.cli._common import format_socket_address, run_coroutine
 from snaptun.gateway.config import ConfigError, add_serve_arguments, render_toml, resolve_config
 from snaptun.gateway.events import EventLog
 from snaptun.gateway.service import Gateway
+from snaptun.gateway.state_dir import StateError
 
 __all__ = ["register"]
 
@@ -75,6 +78,9 @@ async def _serve(gateway: Gateway) -> int:
         loop.add_signal_handler(sig, on_signal)
     try:
         report = await gateway.start()
+    except StateError as exc:  # in use, or a damaged file: what is wrong and what to do
+        print(f"snaptun serve: {exc}", file=sys.stderr)
+        return 2
     except (OSError, ValueError) as exc:
         print(f"snaptun serve: cannot start: {exc}", file=sys.stderr)
         return 1

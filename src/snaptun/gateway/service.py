@@ -26,7 +26,7 @@ from snaptun.constants import (
     CloseCode,
 )
 from snaptun.core.allocator import AddressManager
-from snaptun.core.tokens import JwtTokenValidator, load_public_key
+from snaptun.core.tokens import JwtTokenValidator
 from snaptun.errors import (
     AcceptError,
     AcceptInternalError,
@@ -39,8 +39,16 @@ from snaptun.gateway.dataplane import Dataplane, TunnelPort
 from snaptun.gateway.events import EventLog
 from snaptun.gateway.http import HttpServer, metrics_route
 from snaptun.gateway.metrics import GatewayMetrics
-from snaptun.gateway.state_dir import StateFiles, ensure_state
-from snaptun.gateway.store import PersistentAllocator
+from snaptun.gateway.state_dir import (
+    StateFiles,
+    StateLock,
+    check_tls_files,
+    ensure_state,
+    grant_store_error,
+    load_token_keys,
+    lock_state_dir,
+)
+from snaptun.gateway.store import GrantStoreError, PersistentAllocator
 
 __all__ = ["SHUTDOWN_CLOSE_CODE", "Gateway"]
 
@@ -99,6 +107,7 @@ class Gateway:
         self._http: HttpServer | None = None
         self._allocator: PersistentAllocator | None = None
         self._dataplane: Dataplane | None = None
+        self._lock: StateLock | None = None
         self._stopped = asyncio.Event()
 
     # ---- start -----------------------------------------------------------------------------
@@ -106,15 +115,22 @@ class Gateway:
     async def start(self) -> StartReport:
         """Bring every part up; raises (and undoes nothing half-made) on a bad setting."""
         cfg = self.config
+        # Before anything in the directory is read: one gateway per state directory.
+        self._lock = lock_state_dir(cfg.state_dir)
         files, created = ensure_state(cfg.state_dir, certificate=cfg.cert is None)
         cert = cfg.cert or files.cert
         key = cfg.key or files.key
+        check_tls_files(Path(cert), Path(key), generated=cfg.cert is None)
         key_paths = list(cfg.token_keys) or [files.signing_public_key]
-        validator = JwtTokenValidator([load_public_key(p) for p in key_paths])
+        dev = None if cfg.token_keys else files
+        validator = JwtTokenValidator(load_token_keys(key_paths, dev=dev))
         manager = AddressManager(
             cfg.isd_as, cfg.pools, hold_time=cfg.hold, reserved=cfg.gateway_addresses
         )
-        self._allocator = PersistentAllocator.open(manager, files.grants_db, now=self._clock())
+        try:
+            self._allocator = PersistentAllocator.open(manager, files.grants_db, now=self._clock())
+        except GrantStoreError as exc:
+            raise grant_store_error(files.grants_db, exc) from exc
         self.metrics.watch_free_addresses(self._allocator.free_count)
         self._server: Server[Any] = Server(self._allocator, validator, self.metrics.library)
         self._dataplane = Dataplane(
@@ -123,6 +139,8 @@ class Gateway:
             next_hop=cfg.underlay_next_hop,
             # underlay_queue counts datagrams; the transport measures bytes
             underlay_queue_bytes=cfg.underlay_queue * cfg.mtu,
+            scmp_rate=cfg.scmp_rate,
+            scmp_burst=cfg.scmp_burst,
         )
         underlay = await self._dataplane.open_underlay(cfg.underlay_bind)
         settings = QuicSettings(udp_payload_size=cfg.mtu, send_queue=cfg.tunnel_queue)
@@ -326,6 +344,8 @@ class Gateway:
             self._dataplane.close()
         if self._http is not None:
             await self._http.close()
+        if self._lock is not None:
+            self._lock.release()  # last: the store is flushed and closed
         self.events.emit("stopped")
         self._stopped.set()
 
