@@ -33,7 +33,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from qh3.asyncio.client import connect as _qh3_connect
 from qh3.asyncio.protocol import QuicConnectionProtocol
-from qh3.asyncio.server import QuicServer, serve
+from qh3.asyncio.server import QuicServer
 from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.connection import QuicConnection as _Qh3Connection
 from qh3.quic.connection import QuicConnectionError
@@ -54,6 +54,7 @@ from snaptun.constants import (
     IDLE_TIMEOUT,
     KEEP_ALIVE_INTERVAL,
 )
+from snaptun.core.admission import AdmissionSettings, ConnectionGate
 from snaptun.errors import (
     ConnectionLost,
     DatagramsUnsupported,
@@ -524,14 +525,89 @@ def fingerprint_of(cert_pem: bytes) -> str:
     return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
 
 
-class QuicEndpoint:
-    """A listening snaptun QUIC server endpoint; connections arrive via :meth:`accept`."""
+HANDSHAKE_TIMEOUT: Final = 5.0
+"""Seconds a new server connection has to finish its QUIC handshake before it is freed."""
+_REFUSAL_LOG_INTERVAL: Final = 10.0
 
-    def __init__(self, settings: QuicSettings, backlog: int = 256) -> None:
+
+class _GuardedServer(QuicServer):
+    """qh3's server, but a datagram for no known connection must pass a ConnectionGate.
+
+    qh3 makes a connection (and its handshake state) for every Initial-looking
+    datagram of an unknown connection ID; the gate bounds that (see
+    :mod:`snaptun.core.admission`). Datagrams of known connections pass
+    untouched, with one dict lookup.
+    """
+
+    def __init__(self, *, gate: ConnectionGate, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.gate = gate
+        self._cid_length: int = kwargs["configuration"].connection_id_length
+        self._logged_at = 0.0
+        self._logged_refusals = 0
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        if isinstance(data, bytes) and self._destination_cid(data) not in self._protocols:
+            now = self._loop.time()
+            if self.gate.admit(data, str(addr[0]), now) is not None:
+                self._log_refusals(now)
+                return
+        super().datagram_received(data, addr)
+
+    def _destination_cid(self, data: bytes) -> bytes | None:
+        if not data:
+            return None
+        if data[0] & 0x80:  # long header: length-prefixed DCID after the version
+            if len(data) < 6:
+                return None
+            return data[6 : 6 + data[5]]
+        return data[1 : 1 + self._cid_length]
+
+    def _log_refusals(self, now: float) -> None:
+        """A summary at most every 10 s: never a log line per datagram."""
+        if now - self._logged_at < _REFUSAL_LOG_INTERVAL:
+            return
+        total = sum(self.gate.refused.values())
+        log.warning(
+            "refused %d datagrams for new connections in the last %.0f s (%s)",
+            total - self._logged_refusals,
+            now - self._logged_at if self._logged_at else 0.0,
+            ", ".join(f"{k}={v}" for k, v in self.gate.refused.items()),
+        )
+        self._logged_at = now
+        self._logged_refusals = total
+
+
+class QuicEndpoint:
+    """A listening snaptun QUIC server endpoint; connections arrive via :meth:`accept`.
+
+    New connections pass a :class:`~snaptun.core.admission.ConnectionGate`
+    (Initials only, a bound on half-open connections, per-source rates), and a
+    connection that has not finished its handshake within ``handshake_timeout``
+    seconds is closed and freed.
+    """
+
+    def __init__(
+        self,
+        settings: QuicSettings,
+        backlog: int = 256,
+        *,
+        admission: AdmissionSettings | None = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    ) -> None:
         self.settings = settings
         self._server: QuicServer | None = None
         self._pending: asyncio.Queue[QuicConnection] = asyncio.Queue(backlog)
         self.refused_backlog = 0
+        self.gate = ConnectionGate(admission)
+        self.handshake_timeout = handshake_timeout
+        self.handshake_timeouts = 0
+        """Half-open connections closed because their handshake took too long."""
+
+    @property
+    def known_connection_ids(self) -> int:
+        """Connection IDs qh3 routes now (each connection has one or a few)."""
+        return len(self._server._protocols) if self._server is not None else 0
 
     @property
     def local_address(self) -> tuple[str, int]:
@@ -552,14 +628,26 @@ class QuicEndpoint:
             self._server.close()  # type: ignore[no-untyped-call]
 
     def _on_connection(self, conn: QuicConnection) -> None:
+        gate = self.gate
+        gate.opened()
+
         async def handshake() -> None:
-            with contextlib.suppress(ConnectionError):
-                await conn.wait_connected()
-                try:
-                    self._pending.put_nowait(conn)
-                except asyncio.QueueFull:
-                    self.refused_backlog += 1
-                    conn.close(0x2, "server busy")
+            try:
+                async with asyncio.timeout(self.handshake_timeout):
+                    await conn.wait_connected()
+            except TimeoutError:
+                self.handshake_timeouts += 1
+                conn.close(0x1, "handshake timeout")  # frees it once qh3 ends the connection
+                return
+            except ConnectionError:
+                return
+            finally:
+                gate.settled()
+            try:
+                self._pending.put_nowait(conn)
+            except asyncio.QueueFull:
+                self.refused_backlog += 1
+                conn.close(0x2, "server busy")
 
         task = asyncio.ensure_future(handshake())
         _BACKGROUND.add(task)
@@ -576,21 +664,28 @@ async def listen(
     cert_file: str | Path,
     key_file: str | Path,
     settings: QuicSettings | None = None,
+    admission: AdmissionSettings | None = None,
+    handshake_timeout: float = HANDSHAKE_TIMEOUT,
 ) -> QuicEndpoint:
     """Bind a server endpoint that presents the PEM certificate and key."""
     settings = settings or QuicSettings()
     config = _base_configuration(settings, is_client=False)
     config.load_cert_chain(str(cert_file), str(key_file))
-    endpoint = QuicEndpoint(settings)
+    endpoint = QuicEndpoint(settings, admission=admission, handshake_timeout=handshake_timeout)
 
     def create_protocol(quic: _Qh3Connection, **kwargs: Any) -> QuicConnection:
         conn = QuicConnection(quic, settings=settings, **kwargs)
         endpoint._on_connection(conn)
         return conn
 
-    endpoint._server = await serve(
-        host, port, configuration=config, create_protocol=create_protocol
+    loop = asyncio.get_running_loop()
+    _, server = await loop.create_datagram_endpoint(
+        lambda: _GuardedServer(
+            gate=endpoint.gate, configuration=config, create_protocol=create_protocol
+        ),
+        local_addr=(host, port),
     )
+    endpoint._server = server
     return endpoint
 
 

@@ -21,6 +21,7 @@ from snaptun.aio.server import Server
 from snaptun.cli._common import format_socket_address
 from snaptun.core.addressing import IPNetwork, IsdAs
 from snaptun.core.allocator import AddressManager
+from snaptun.core.registry import TunnelRegistry
 from snaptun.core.tokens import (
     JwtTokenValidator,
     SnapTokenClaims,
@@ -138,9 +139,10 @@ async def run_echo_server(
             options.host, options.port, cert_file=cert, key_file=key, settings=settings
         )
         undo_signals = _install_stop_signals(stop) if handle_signals else _nothing
-        service = EchoService(
-            endpoint, Server(allocator, validator), echo=options.echo, on_outcome=_log_outcome
-        )
+        # Every client shares the static token, so one identity: let them share (as the
+        # reference does) instead of replacing each other.
+        server = Server(allocator, validator, registry=TunnelRegistry(exclusive=False))
+        service = EchoService(endpoint, server, echo=options.echo, on_outcome=_log_outcome)
         task = asyncio.ensure_future(service.run())
         try:
             host, port = endpoint.local_address

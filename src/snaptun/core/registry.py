@@ -19,8 +19,14 @@ allocator and :class:`~snaptun.core.state.TunnelStateMachine`):
   ends without touching the grant.
 
 The registry holds one entry per identity with a live assigned tunnel, so it
-is bounded by the number of live tunnels. Sans-I/O: holders are told through
-a plain method call.
+is bounded by the number of live tunnels.
+
+``TunnelRegistry(exclusive=False)`` is for diagnostics that mirror the
+reference (``snaptun echo-server``, where every client shares one static
+token and so one identity): tunnels of one identity then share its grant, and
+the grant goes on hold when the last of them ends. A gateway never uses it.
+
+Sans-I/O: holders are told through a plain method call.
 """
 
 from __future__ import annotations
@@ -41,8 +47,11 @@ class GrantHolder(Protocol):
 class TunnelRegistry:
     """Maps each identity to the one live tunnel that uses its grant."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, exclusive: bool = True) -> None:
+        self.exclusive = exclusive
+        """Newest wins (True); False lets tunnels of one identity share its grant."""
         self._holders: dict[str, GrantHolder] = {}
+        self._sharing: dict[str, set[GrantHolder]] = {}  # exclusive=False: the live users
         self.replacements = 0
         """How many tunnels were replaced by a newer one (a plain counter for metrics)."""
 
@@ -53,6 +62,10 @@ class TunnelRegistry:
         returns, after the registry already names the new holder, so a
         replaced tunnel that ends at once cannot release the grant.
         """
+        if not self.exclusive:
+            self._sharing.setdefault(identity, set()).add(holder)
+            self._holders[identity] = holder
+            return
         previous = self._holders.get(identity)
         self._holders[identity] = holder
         if previous is not None and previous is not holder:
@@ -61,6 +74,16 @@ class TunnelRegistry:
 
     def release(self, identity: str, holder: GrantHolder) -> bool:
         """``holder`` ends; True if it was the holder (then the caller holds the grant)."""
+        if not self.exclusive:
+            users = self._sharing.get(identity)
+            if users is None or holder not in users:
+                return False
+            users.discard(holder)
+            if users:
+                return False
+            del self._sharing[identity]
+            self._holders.pop(identity, None)
+            return True
         if self._holders.get(identity) is holder:
             del self._holders[identity]
             return True

@@ -104,6 +104,10 @@ class GatewayConfig:
     mtu: int = 1452
     tunnel_queue: int = 1024  # datagrams per tunnel towards the client
     underlay_queue: int = 4096  # datagrams towards the underlay socket
+    max_half_open: int = 256  # QUIC connections in their handshake at once
+    source_rate: float = 20.0  # new connections per second per source address (IPv6: /64)
+    source_burst: int = 50  # new connections a source may open at once
+    handshake_timeout: float = 5.0  # seconds a QUIC handshake may take
     scmp_rate: float = 10.0  # SCMP error answers per second per tunnel
     scmp_burst: int = 20  # SCMP error answers a tunnel may get at once
     log_level: str = "info"
@@ -135,9 +139,15 @@ def _problems(config: GatewayConfig) -> Iterator[tuple[str, str]]:
         ("tunnel_queue", config.tunnel_queue, 1, 1 << 20),
         ("underlay_queue", config.underlay_queue, 1, 1 << 20),
         ("scmp_burst", config.scmp_burst, 1, 1 << 20),
+        ("max_half_open", config.max_half_open, 1, 1 << 20),
+        ("source_burst", config.source_burst, 1, 1 << 20),
     ):
         if not low <= value <= high:
             yield key, f"{value} is outside {low}..{high}"
+    if not math.isfinite(config.source_rate) or config.source_rate < 0:
+        yield "source_rate", f"{config.source_rate} is not a number of connections per second >= 0"
+    if not math.isfinite(config.handshake_timeout) or config.handshake_timeout <= 0:
+        yield "handshake_timeout", f"{config.handshake_timeout} is not a number of seconds > 0"
     if not math.isfinite(config.scmp_rate) or config.scmp_rate < 0:
         yield "scmp_rate", f"{config.scmp_rate} is not a number of answers per second >= 0"
     if config.log_level not in LOG_LEVELS:
@@ -300,6 +310,24 @@ _OPTIONS: Final = (
     _Option("tunnel_queue", "--tunnel-queue", "N", "datagrams queued per tunnel (1024)", _int),
     _Option(
         "underlay_queue", "--underlay-queue", "N", "datagrams queued to the underlay (4096)", _int
+    ),
+    _Option(
+        "max_half_open", "--max-half-open", "N", "QUIC handshakes in progress at once (256)", _int
+    ),
+    _Option(
+        "source_rate",
+        "--source-rate",
+        "N",
+        "new connections per second per source address or IPv6 /64 (20)",
+        _float,
+    ),
+    _Option("source_burst", "--source-burst", "N", "new connections at once per source (50)", _int),
+    _Option(
+        "handshake_timeout",
+        "--handshake-timeout",
+        "SECS",
+        "a QUIC handshake not done by then is dropped (5)",
+        _float,
     ),
     _Option(
         "scmp_rate", "--scmp-rate", "N", "SCMP error answers per second per tunnel (10)", _float

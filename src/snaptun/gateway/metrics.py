@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from snaptun.metrics import Metrics
 
@@ -88,9 +90,50 @@ class GatewayMetrics:
         for version in (4, 6):
             self.free_addresses.labels(str(version)).set_function(_reader(free_count, version))
 
+    def watch_admission(
+        self,
+        refused: Callable[[], Mapping[str, int]],
+        half_open: Callable[[], int],
+        handshake_timeouts: Callable[[], int],
+    ) -> None:
+        """Export the QUIC endpoint's admission counters (plain integers) at scrape time."""
+        self.registry.register(_AdmissionCollector(refused, half_open, handshake_timeouts))
+
     def watch_queue(self, name: str, depth: Callable[[], int]) -> None:
         """Read a queue's depth at scrape time."""
         self.queue_depth.labels(name).set_function(lambda: float(depth()))
+
+
+class _AdmissionCollector(Collector):
+    def __init__(
+        self,
+        refused: Callable[[], Mapping[str, int]],
+        half_open: Callable[[], int],
+        handshake_timeouts: Callable[[], int],
+    ) -> None:
+        self._refused = refused
+        self._half_open = half_open
+        self._timeouts = handshake_timeouts
+
+    def collect(self) -> Iterator[Metric]:
+        refused = CounterMetricFamily(
+            "snaptun_gateway_quic_refused",
+            "Datagrams for unknown connections refused before any state was made, by reason.",
+            labels=["reason"],
+        )
+        for reason, count in self._refused().items():
+            refused.add_metric([reason], count)
+        yield refused
+        yield GaugeMetricFamily(
+            "snaptun_gateway_half_open_connections",
+            "QUIC connections in their handshake now.",
+            value=self._half_open(),
+        )
+        yield CounterMetricFamily(
+            "snaptun_gateway_handshake_timeouts",
+            "Half-open QUIC connections closed because their handshake took too long.",
+            value=self._timeouts(),
+        )
 
 
 def _reader(free_count: Callable[[int], int], version: int) -> Callable[[], float]:

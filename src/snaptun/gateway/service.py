@@ -25,6 +25,7 @@ from snaptun.constants import (
     REPLACED_REASON,
     CloseCode,
 )
+from snaptun.core.admission import AdmissionSettings
 from snaptun.core.allocator import AddressManager
 from snaptun.core.tokens import JwtTokenValidator
 from snaptun.errors import (
@@ -144,8 +145,25 @@ class Gateway:
         )
         underlay = await self._dataplane.open_underlay(cfg.underlay_bind)
         settings = QuicSettings(udp_payload_size=cfg.mtu, send_queue=cfg.tunnel_queue)
+        admission = AdmissionSettings(
+            max_half_open=cfg.max_half_open,
+            source_rate=cfg.source_rate,
+            source_burst=cfg.source_burst,
+        )
         self._endpoint = await listen(
-            cfg.listen[0], cfg.listen[1], cert_file=cert, key_file=key, settings=settings
+            cfg.listen[0],
+            cfg.listen[1],
+            cert_file=cert,
+            key_file=key,
+            settings=settings,
+            admission=admission,
+            handshake_timeout=cfg.handshake_timeout,
+        )
+        endpoint = self._endpoint
+        self.metrics.watch_admission(
+            lambda: endpoint.gate.refused,
+            lambda: endpoint.gate.half_open,
+            lambda: endpoint.handshake_timeouts,
         )
         metrics_at = None
         if cfg.metrics is not None:

@@ -1,0 +1,152 @@
+"""Admission of new QUIC connections, decided before any connection state exists.
+
+A server that turns every Initial-looking datagram into a connection can be
+grown without bound by garbage from anywhere (the finding: 200,000 random
+datagrams took a gateway from 54 MB to 875 MB). :class:`ConnectionGate`
+decides, for a datagram that belongs to no known connection, whether it may
+create one:
+
+* it must look like a QUIC v1 client Initial in a datagram of at least 1200
+  bytes (:func:`looks_like_initial`; RFC 9000 §14.1), anything else is refused
+  (``not_initial``): no state, no answer, not even Version Negotiation;
+* at most ``max_half_open`` connections may be in their handshake at once
+  (``half_open_limit``); the I/O layer frees a half-open connection that does
+  not finish its handshake within its timeout;
+* each source (IPv4 address, or IPv6 /64) has a token bucket of
+  ``source_burst`` new connections refilled at ``source_rate`` per second
+  (``source_rate``). The table of sources is bounded by ``max_sources``: the
+  least recently seen source is forgotten first, so spoofed sources cannot
+  grow it.
+
+Invariants: ``half_open <= max_half_open`` at every instant; memory is
+bounded by ``max_sources`` buckets plus the half-open connections. Every
+refusal is counted by reason (plain integers, exported at scrape time).
+Sans-I/O: ``now`` is passed in.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Final
+
+from snaptun.core.ratelimit import TokenBucket
+
+__all__ = [
+    "REFUSAL_REASONS",
+    "AdmissionSettings",
+    "ConnectionGate",
+    "looks_like_initial",
+    "source_key",
+]
+
+QUIC_V1: Final = b"\x00\x00\x00\x01"
+MIN_INITIAL_DATAGRAM: Final = 1200
+MAX_CID_LENGTH: Final = 20
+
+NOT_INITIAL: Final = "not_initial"
+HALF_OPEN_LIMIT: Final = "half_open_limit"
+SOURCE_RATE: Final = "source_rate"
+REFUSAL_REASONS: Final = (NOT_INITIAL, HALF_OPEN_LIMIT, SOURCE_RATE)
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionSettings:
+    """Bounds on new connections; see the module docstring."""
+
+    max_half_open: int = 256
+    source_rate: float = 20.0
+    source_burst: int = 50
+    max_sources: int = 65536
+
+    def __post_init__(self) -> None:
+        if self.max_half_open < 1 or self.source_burst < 1 or self.max_sources < 1:
+            raise ValueError("max_half_open, source_burst and max_sources must be positive")
+        if not 0 <= self.source_rate < float("inf"):
+            raise ValueError("source_rate must be a finite number >= 0")
+
+
+def looks_like_initial(datagram: bytes) -> bool:
+    """Whether ``datagram`` may start a QUIC v1 connection (long header, Initial, >= 1200 B)."""
+    if len(datagram) < MIN_INITIAL_DATAGRAM:
+        return False
+    first = datagram[0]
+    # Long header (0x80), fixed bit (0x40), packet type Initial (0b00 in bits 4-5).
+    if first & 0xF0 != 0xC0 or datagram[1:5] != QUIC_V1:
+        return False
+    return datagram[5] <= MAX_CID_LENGTH
+
+
+def source_key(host: str) -> str:
+    """The rate-limited unit of a source: its IPv4 address, or its IPv6 /64."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is None:
+        return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+class ConnectionGate:
+    """Says whether an Initial for an unknown connection may create one."""
+
+    def __init__(self, settings: AdmissionSettings | None = None) -> None:
+        self.settings = settings or AdmissionSettings()
+        self.half_open = 0
+        """Connections created and not yet through (or given up on) their handshake."""
+        self.refused = dict.fromkeys(REFUSAL_REASONS, 0)
+        """Refusals by reason, since start."""
+        self.admitted = 0
+        self._sources: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    @property
+    def tracked_sources(self) -> int:
+        """Sources with a bucket now (at most ``max_sources``)."""
+        return len(self._sources)
+
+    def admit(self, datagram: bytes, host: str, now: float) -> str | None:
+        """None if the datagram may create a connection, else the refusal reason (counted).
+
+        Call only for datagrams that match no known connection; on None the
+        caller creates the connection and calls :meth:`opened`.
+        """
+        reason = self._check(datagram, host, now)
+        if reason is None:
+            self.admitted += 1
+        else:
+            self.refused[reason] += 1
+        return reason
+
+    def _check(self, datagram: bytes, host: str, now: float) -> str | None:
+        if not looks_like_initial(datagram):
+            return NOT_INITIAL
+        if self.half_open >= self.settings.max_half_open:
+            return HALF_OPEN_LIMIT
+        if not self._bucket(source_key(host), now).take(now):
+            return SOURCE_RATE
+        return None
+
+    def _bucket(self, key: str, now: float) -> TokenBucket:
+        bucket = self._sources.get(key)
+        if bucket is not None:
+            self._sources.move_to_end(key)
+            return bucket
+        settings = self.settings
+        bucket = TokenBucket(settings.source_rate, settings.source_burst, now)
+        self._sources[key] = bucket
+        if len(self._sources) > settings.max_sources:
+            self._sources.popitem(last=False)  # the least recently seen source
+        return bucket
+
+    def opened(self) -> None:
+        """A connection was created for an admitted Initial: it is half-open now."""
+        self.half_open += 1
+
+    def settled(self) -> None:
+        """A half-open connection finished its handshake, failed, or timed out."""
+        if self.half_open > 0:
+            self.half_open -= 1

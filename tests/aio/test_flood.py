@@ -1,0 +1,109 @@
+"""Floods of garbage and of Initials with fresh connection IDs, against a real endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from pathlib import Path
+
+from snaptun.aio import quic
+from snaptun.core.admission import AdmissionSettings
+
+FLOOD_SOURCE = "127.0.0.2"  # another loopback address: a source of its own
+
+
+def fake_initial(size: int = 1200) -> bytes:
+    """A QUIC v1 Initial header with fresh connection IDs and a payload of noise."""
+    head = b"\xc3\x00\x00\x00\x01" + b"\x08" + os.urandom(8) + b"\x08" + os.urandom(8) + b"\x00"
+    rest = size - len(head) - 2
+    return head + bytes([0x40 | rest >> 8, rest & 0xFF]) + os.urandom(rest)
+
+
+def _flood_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((FLOOD_SOURCE, 0))
+    sock.setblocking(False)
+    return sock
+
+
+async def _flood(endpoint: quic.QuicEndpoint, count: int, *, garbage_share: int = 4) -> int:
+    """Send ``count`` datagrams in batches; returns the largest half-open count seen."""
+    target = endpoint.local_address
+    most = 0
+    with _flood_socket() as sock:
+        for n in range(count):
+            data = os.urandom(1300) if n % garbage_share == 0 else fake_initial()
+            try:
+                sock.sendto(data, target)
+            except BlockingIOError:
+                await asyncio.sleep(0.001)
+            if n % 16 == 0:
+                await asyncio.sleep(0)  # let the endpoint read
+                most = max(most, endpoint.gate.half_open)
+    return most
+
+
+async def _until(predicate: object, timeout: float) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def test_half_open_connections_stay_bounded_and_are_freed(certs: tuple[Path, Path]) -> None:
+    cert, key = certs
+    endpoint = await quic.listen(
+        "127.0.0.1",
+        0,
+        cert_file=cert,
+        key_file=key,
+        admission=AdmissionSettings(max_half_open=32, source_rate=1e6, source_burst=10**6),
+        handshake_timeout=0.5,
+    )
+    try:
+        most = await _flood(endpoint, 4000)
+        assert most <= 32
+        assert endpoint.gate.half_open <= 32
+        refused = endpoint.gate.refused
+        assert refused["half_open_limit"] > 0
+        assert refused["not_initial"] > 0
+        # Every half-open connection is given up and forgotten within seconds.
+        assert await _until(lambda: endpoint.gate.half_open == 0, 5)
+        assert await _until(lambda: endpoint.known_connection_ids == 0, 10)
+        assert endpoint.handshake_timeouts > 0
+        # And a real client gets through afterwards.
+        async with quic.connect("127.0.0.1", endpoint.local_address[1], ca_file=cert) as conn:
+            assert conn.closed is None
+    finally:
+        endpoint.close()
+
+
+async def test_a_flooding_source_is_rate_limited_while_others_connect(
+    certs: tuple[Path, Path],
+) -> None:
+    cert, key = certs
+    endpoint = await quic.listen(
+        "127.0.0.1", 0, cert_file=cert, key_file=key, handshake_timeout=0.5
+    )
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        flood = asyncio.ensure_future(_flood(endpoint, 6000))
+        await asyncio.sleep(0.05)
+        async with quic.connect("127.0.0.1", endpoint.local_address[1], ca_file=cert) as conn:
+            assert conn.closed is None  # a legitimate setup during the flood
+        most = await flood
+        elapsed = loop.time() - started
+        defaults = AdmissionSettings()
+        assert most <= defaults.source_burst + 1  # the flooder's burst, and our client
+        assert endpoint.gate.refused["source_rate"] > 0
+        # What the flooder got through: its burst and its rate, plus our one client.
+        allowed = defaults.source_burst + defaults.source_rate * elapsed + 1
+        assert endpoint.gate.admitted <= allowed
+        assert await _until(lambda: endpoint.known_connection_ids == 0, 10)
+    finally:
+        endpoint.close()
