@@ -61,7 +61,9 @@ async def test_half_open_connections_stay_bounded_and_are_freed(certs: tuple[Pat
         0,
         cert_file=cert,
         key_file=key,
-        admission=AdmissionSettings(max_half_open=32, source_rate=1e6, source_burst=10**6),
+        admission=AdmissionSettings(
+            max_half_open=32, source_rate=1e6, source_burst=10**6, retry="never"
+        ),
         handshake_timeout=0.5,
     )
     try:
@@ -99,11 +101,48 @@ async def test_a_flooding_source_is_rate_limited_while_others_connect(
         most = await flood
         elapsed = loop.time() - started
         defaults = AdmissionSettings()
-        assert most <= defaults.source_burst + 1  # the flooder's burst, and our client
-        assert endpoint.gate.refused["source_rate"] > 0
         # What the flooder got through: its burst and its rate, plus our one client.
         allowed = defaults.source_burst + defaults.source_rate * elapsed + 1
+        assert most <= allowed
+        assert endpoint.gate.refused["source_rate"] > 0
         assert endpoint.gate.admitted <= allowed
         assert await _until(lambda: endpoint.known_connection_ids == 0, 10)
+    finally:
+        endpoint.close()
+
+
+async def test_retry_keeps_a_flood_of_initials_from_making_state(certs: tuple[Path, Path]) -> None:
+    cert, key = certs
+    endpoint = await quic.listen(
+        "127.0.0.1",
+        0,
+        cert_file=cert,
+        key_file=key,
+        admission=AdmissionSettings(max_half_open=32, source_rate=1e6, source_burst=10**6),
+        handshake_timeout=0.5,
+    )
+    try:
+        most = await _flood(endpoint, 4000)
+        # Auto mode: from half the bound on, Initials without a token get a Retry, no state.
+        assert most <= 16 + 1
+        assert endpoint.retries_sent > 0
+        assert endpoint.gate.refused["half_open_limit"] == 0
+        # A real client passes address validation (qh3 answers the Retry) while it is on.
+        async with quic.connect("127.0.0.1", endpoint.local_address[1], ca_file=cert) as conn:
+            assert conn.closed is None
+    finally:
+        endpoint.close()
+
+
+async def test_retry_always_still_lets_clients_in(certs: tuple[Path, Path]) -> None:
+    cert, key = certs
+    endpoint = await quic.listen(
+        "127.0.0.1", 0, cert_file=cert, key_file=key, admission=AdmissionSettings(retry="always")
+    )
+    try:
+        for _ in range(3):
+            async with quic.connect("127.0.0.1", endpoint.local_address[1], ca_file=cert) as c:
+                assert c.closed is None
+        assert endpoint.retries_sent >= 3  # a ClientHello may span two Initials: two Retries
     finally:
         endpoint.close()

@@ -18,8 +18,9 @@ from snaptun.core.admission import (
 
 def initial(size: int = 1200, version: bytes = b"\x00\x00\x00\x01", first: int = 0xC3) -> bytes:
     dcid = os.urandom(8)
-    head = bytes([first]) + version + bytes([8]) + dcid + bytes([8]) + os.urandom(8)
-    return head + os.urandom(size - len(head))
+    head = bytes([first]) + version + bytes([8]) + dcid + bytes([8]) + os.urandom(8) + b"\x00"
+    rest = size - len(head) - 2
+    return head + bytes([0x40 | rest >> 8, rest & 0xFF]) + os.urandom(rest)
 
 
 def test_only_v1_client_initials_of_1200_bytes_or_more_look_like_initials() -> None:
@@ -99,3 +100,32 @@ def test_ipv6_sources_share_a_bucket_per_64() -> None:
 def test_bad_settings_are_refused(settings: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="must be"):
         AdmissionSettings(**settings)  # type: ignore[arg-type]
+
+
+def test_a_completed_handshake_gives_its_token_back() -> None:
+    gate = ConnectionGate(AdmissionSettings(source_rate=0.0, source_burst=2))
+    for _ in range(10):  # a source that completes every handshake is never limited
+        assert gate.admit(initial(), "192.0.2.1", 0.0) is None
+        gate.completed("192.0.2.1")
+    assert gate.admit(initial(), "192.0.2.1", 0.0) is None
+    assert gate.admit(initial(), "192.0.2.1", 0.0) is None
+    assert gate.admit(initial(), "192.0.2.1", 0.0) == "source_rate"  # two left hanging
+    gate.completed("198.51.100.9")  # an unknown source: nothing to give back
+
+
+def test_retry_modes() -> None:
+    token_less = initial()
+    with_token = bytearray(token_less)
+    with_token[6 + 8 + 1 + 8] = 0x05  # token length 5
+    never = ConnectionGate(AdmissionSettings(retry="never"))
+    assert never.wants_retry(token_less) is False
+    assert never.wants_retry(bytes(with_token)) is True  # a token is always checked
+    always = ConnectionGate(AdmissionSettings(retry="always"))
+    assert always.wants_retry(token_less) is True
+    auto = ConnectionGate(AdmissionSettings(max_half_open=4))
+    assert auto.wants_retry(token_less) is False
+    auto.opened()
+    auto.opened()
+    assert auto.wants_retry(token_less) is True  # half the bound in use
+    with pytest.raises(ValueError, match="retry"):
+        AdmissionSettings(retry="sometimes")  # type: ignore[arg-type]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 
-from hypothesis import given
+import pytest
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from snaptun.core.addressing import EndhostAddress, IsdAs
@@ -144,13 +145,48 @@ def test_policy_accepts_standard_packets_from_their_source(
         assert verdict.code == 20
 
 
+@given(
+    address,
+    standard_path(),
+    endhost,
+    st.binary(max_size=300),
+    st.one_of(st.binary(min_size=1, max_size=40), st.integers(1, 300)),
+)
+def test_a_wrong_amount_of_payload_is_invalid_packet_size_in_policy_and_codec(
+    addr: AddressHeader,
+    std: StandardPath,
+    source: EndhostAddress,
+    payload: bytes,
+    change: bytes | int,
+) -> None:
+    """Bytes after PayloadLen, or fewer than PayloadLen: code 19 at the path, and no decode."""
+    addr = AddressHeader(addr.dst_ia, source.isd_as, addr.dst_host, source.ip)
+    wire = encode(ScionPacket(addr, std, 17, payload))
+    assert check_tunnel_packet(wire, source) is None
+    if isinstance(change, bytes):
+        wrong = wire + change
+    else:
+        assume(change <= len(payload))  # cutting into the header is another violation
+        wrong = wire[:-change]
+    verdict = check_tunnel_packet(wrong, source)
+    assert verdict is not None
+    assert (verdict.code, verdict.pointer) == (19, 12 + len(addr.encode()))
+    with pytest.raises(ScionDecodeError):
+        decode(wrong)
+
+
+def _decodes_from(data: bytes, assigned: EndhostAddress) -> bool:
+    """What the policy must agree with: one whole packet from ``assigned`` on a standard path."""
+    try:
+        packet = decode(data)
+    except ScionDecodeError:
+        return False
+    return packet.source == assigned and isinstance(packet.path, StandardPath)
+
+
 def _garbage_ok(data: bytes, assigned: EndhostAddress) -> None:
-    with contextlib.suppress(ScionDecodeError):
-        decode(data)
-    verdict = check_tunnel_packet(data, assigned)
-    if verdict is None:
-        # Whatever the policy lets through must parse, up to ignored trailing bytes.
-        assert decode(data[: 4 * data[5] + int.from_bytes(data[6:8], "big")]).source == assigned
+    # The policy and the codec agree: no trailing bytes, no truncation, either way.
+    assert (check_tunnel_packet(data, assigned) is None) == _decodes_from(data, assigned)
     answer = build_parameter_problem(data, 16, 0, assigned, assigned)
     assert len(answer) <= 1232
     parsed = decode(answer)
@@ -176,3 +212,22 @@ def test_mutated_packets_raise_only_scion_decode_error(
     cut = data.draw(st.integers(0, len(wire)))
     source = packet.source or EndhostAddress(IsdAs(1, 1), ipaddress.IPv4Address(1))
     _garbage_ok(bytes(wire[:cut]), source)
+
+
+@given(scion_packet, endhost, st.data())
+def test_policy_passes_exactly_what_decodes_from_the_source(
+    packet: ScionPacket, source: EndhostAddress, data: st.DataObject
+) -> None:
+    """Near-valid packets (few mutations, a cut or trailing bytes) meet policy and codec alike."""
+    if data.draw(st.booleans()):  # often from the tunnel's own address, so some pass
+        address = AddressHeader(
+            packet.address.dst_ia, source.isd_as, packet.address.dst_host, source.ip
+        )
+        route = data.draw(st.one_of(standard_path(), path))  # mostly the standard path
+        packet = ScionPacket(address, route, packet.next_header, packet.payload)
+    wire = bytearray(encode(packet))
+    for _ in range(data.draw(st.integers(0, 2))):
+        wire[data.draw(st.integers(0, len(wire) - 1))] = data.draw(u8)
+    end = data.draw(st.one_of(st.just(len(wire)), st.integers(0, len(wire))))
+    raw = bytes(wire[:end]) + data.draw(st.one_of(st.just(b""), st.binary(max_size=8)))
+    assert (check_tunnel_packet(raw, source) is None) == _decodes_from(raw, source)

@@ -46,6 +46,7 @@ from qh3.quic.events import (
     StreamDataReceived,
     StreamReset,
 )
+from qh3.quic.retry import QuicRetryTokenHandler
 from qh3.tls import SignatureAlgorithm
 
 from snaptun.constants import (
@@ -54,7 +55,7 @@ from snaptun.constants import (
     IDLE_TIMEOUT,
     KEEP_ALIVE_INTERVAL,
 )
-from snaptun.core.admission import AdmissionSettings, ConnectionGate
+from snaptun.core.admission import AdmissionSettings, ConnectionGate, initial_token_length
 from snaptun.errors import (
     ConnectionLost,
     DatagramsUnsupported,
@@ -542,6 +543,10 @@ class _GuardedServer(QuicServer):
     def __init__(self, *, gate: ConnectionGate, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.gate = gate
+        # qh3's own Retry (stateless tokens bound to the client's address), switched
+        # per datagram by the gate; the key is made once, here.
+        self._retry_tokens = QuicRetryTokenHandler() if gate.settings.retry != "never" else None
+        self.retries_sent = 0
         self._cid_length: int = kwargs["configuration"].connection_id_length
         self._logged_at = 0.0
         self._logged_refusals = 0
@@ -552,6 +557,11 @@ class _GuardedServer(QuicServer):
             if self.gate.admit(data, str(addr[0]), now) is not None:
                 self._log_refusals(now)
                 return
+            validate = self._retry_tokens is not None and self.gate.wants_retry(data)
+            self._retry = self._retry_tokens if validate else None  # type: ignore[assignment]
+            if validate and initial_token_length(data) == 0:
+                self.retries_sent += 1
+                self.gate.completed(str(addr[0]))  # a Retry makes no state: no token spent
         super().datagram_received(data, addr)
 
     def _destination_cid(self, data: bytes) -> bytes | None:
@@ -605,6 +615,12 @@ class QuicEndpoint:
         """Half-open connections closed because their handshake took too long."""
 
     @property
+    def retries_sent(self) -> int:
+        """QUIC Retry packets sent (address validation of new clients)."""
+        server = self._server
+        return server.retries_sent if isinstance(server, _GuardedServer) else 0
+
+    @property
     def known_connection_ids(self) -> int:
         """Connection IDs qh3 routes now (each connection has one or a few)."""
         return len(self._server._protocols) if self._server is not None else 0
@@ -643,6 +659,8 @@ class QuicEndpoint:
                 return
             finally:
                 gate.settled()
+            if conn.remote_address is not None:
+                gate.completed(str(conn.remote_address[0]))
             try:
                 self._pending.put_nowait(conn)
             except asyncio.QueueFull:

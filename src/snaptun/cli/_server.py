@@ -13,13 +13,14 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Literal, TextIO
 
 from snaptun.aio.echo import EchoService, TunnelOutcome
 from snaptun.aio.quic import QuicSettings, fingerprint_of, listen
 from snaptun.aio.server import Server
 from snaptun.cli._common import format_socket_address
 from snaptun.core.addressing import IPNetwork, IsdAs
+from snaptun.core.admission import AdmissionSettings
 from snaptun.core.allocator import AddressManager
 from snaptun.core.registry import TunnelRegistry
 from snaptun.core.tokens import (
@@ -58,6 +59,7 @@ class ServerOptions:
     max_lifetime: float | None = None
     mtu: int = 1452
     verbose: int = 0
+    retry: Literal["auto", "always", "never"] = "auto"
 
 
 @contextlib.contextmanager
@@ -136,7 +138,12 @@ async def run_echo_server(
     settings = QuicSettings(udp_payload_size=options.mtu)
     with _certificate(options, err) as (cert, key):
         endpoint = await listen(
-            options.host, options.port, cert_file=cert, key_file=key, settings=settings
+            options.host,
+            options.port,
+            cert_file=cert,
+            key_file=key,
+            settings=settings,
+            admission=AdmissionSettings(retry=options.retry),
         )
         undo_signals = _install_stop_signals(stop) if handle_signals else _nothing
         # Every client shares the static token, so one identity: let them share (as the

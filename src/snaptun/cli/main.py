@@ -112,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     server.add_argument("--no-echo", action="store_true", help="do not echo datagrams")
     server.add_argument(
+        "--retry",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="QUIC Retry (address validation): auto = once half the handshake bound is in use",
+    )
+    server.add_argument(
         "--max-lifetime",
         type=_SECONDS,
         metavar="SECS",
@@ -216,6 +222,7 @@ def server_options(args: argparse.Namespace) -> ServerOptions:
         max_lifetime=args.max_lifetime,
         mtu=args.mtu,
         verbose=args.verbose,
+        retry=args.retry,
     )
 
 

@@ -14,9 +14,16 @@ create one:
   not finish its handshake within its timeout;
 * each source (IPv4 address, or IPv6 /64) has a token bucket of
   ``source_burst`` new connections refilled at ``source_rate`` per second
-  (``source_rate``). The table of sources is bounded by ``max_sources``: the
-  least recently seen source is forgotten first, so spoofed sources cannot
-  grow it.
+  (``source_rate``); a handshake that completes gives its token back
+  (:meth:`ConnectionGate.completed`), so the bucket limits only the
+  handshakes a source leaves hanging, not how fast it sets tunnels up. The
+  table of sources is bounded by ``max_sources``: the least recently seen
+  source is forgotten first, so spoofed sources cannot grow it;
+* with ``retry`` ``"always"``, or ``"auto"`` (the default) once half of
+  ``max_half_open`` is in use, an admitted Initial without a token is
+  answered with a QUIC Retry instead of a connection (RFC 9000 §8.1), so only
+  clients that receive at their address make state; an Initial that carries a
+  token always has it checked (:meth:`ConnectionGate.wants_retry`).
 
 Invariants: ``half_open <= max_half_open`` at every instant; memory is
 bounded by ``max_sources`` buckets plus the half-open connections. Every
@@ -29,7 +36,7 @@ from __future__ import annotations
 import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal
 
 from snaptun.core.ratelimit import TokenBucket
 
@@ -59,8 +66,11 @@ class AdmissionSettings:
     source_rate: float = 20.0
     source_burst: int = 50
     max_sources: int = 65536
+    retry: Literal["auto", "always", "never"] = "auto"
 
     def __post_init__(self) -> None:
+        if self.retry not in ("auto", "always", "never"):
+            raise ValueError(f"retry must be auto, always or never, not {self.retry!r}")
         if self.max_half_open < 1 or self.source_burst < 1 or self.max_sources < 1:
             raise ValueError("max_half_open, source_burst and max_sources must be positive")
         if not 0 <= self.source_rate < float("inf"):
@@ -76,6 +86,20 @@ def looks_like_initial(datagram: bytes) -> bool:
     if first & 0xF0 != 0xC0 or datagram[1:5] != QUIC_V1:
         return False
     return datagram[5] <= MAX_CID_LENGTH
+
+
+def initial_token_length(datagram: bytes) -> int:
+    """The token length of a QUIC v1 Initial (after :func:`looks_like_initial`); -1 if cut."""
+    at = 6 + datagram[5]  # after the DCID
+    if at >= len(datagram):
+        return -1
+    at += 1 + datagram[at]  # after the SCID
+    if at >= len(datagram):
+        return -1
+    size = 1 << (datagram[at] >> 6)  # a variable-length integer of 1, 2, 4 or 8 bytes
+    if at + size > len(datagram):
+        return -1
+    return int.from_bytes(datagram[at : at + size], "big") & ((1 << (8 * size - 2)) - 1)
 
 
 def source_key(host: str) -> str:
@@ -142,9 +166,24 @@ class ConnectionGate:
             self._sources.popitem(last=False)  # the least recently seen source
         return bucket
 
+    def wants_retry(self, datagram: bytes) -> bool:
+        """Whether an admitted Initial goes through address validation (Retry or its token)."""
+        if initial_token_length(datagram) != 0:
+            return True  # a client answering our Retry: its token must be checked
+        mode = self.settings.retry
+        if mode == "auto":
+            return self.half_open * 2 >= self.settings.max_half_open
+        return mode == "always"
+
     def opened(self) -> None:
         """A connection was created for an admitted Initial: it is half-open now."""
         self.half_open += 1
+
+    def completed(self, host: str) -> None:
+        """A handshake from ``host`` completed: its token goes back to the source's bucket."""
+        bucket = self._sources.get(source_key(host))
+        if bucket is not None:
+            bucket.give_back()
 
     def settled(self) -> None:
         """A half-open connection finished its handshake, failed, or timed out."""

@@ -31,6 +31,10 @@ class TokenBucket:
         self._tokens = float(burst)
         self._last = now
 
+    def give_back(self) -> None:
+        """Return one token (never beyond the burst): what was spent turned out harmless."""
+        self._tokens = min(float(self.burst), self._tokens + 1.0)
+
     def take(self, now: float) -> bool:
         """Spend one token if there is one; False (and nothing spent) otherwise."""
         elapsed = now - self._last

@@ -108,6 +108,7 @@ class GatewayConfig:
     source_rate: float = 20.0  # new connections per second per source address (IPv6: /64)
     source_burst: int = 50  # new connections a source may open at once
     handshake_timeout: float = 5.0  # seconds a QUIC handshake may take
+    retry: str = "auto"  # QUIC Retry: auto (near the half-open bound), always, never
     scmp_rate: float = 10.0  # SCMP error answers per second per tunnel
     scmp_burst: int = 20  # SCMP error answers a tunnel may get at once
     log_level: str = "info"
@@ -148,6 +149,8 @@ def _problems(config: GatewayConfig) -> Iterator[tuple[str, str]]:
         yield "source_rate", f"{config.source_rate} is not a number of connections per second >= 0"
     if not math.isfinite(config.handshake_timeout) or config.handshake_timeout <= 0:
         yield "handshake_timeout", f"{config.handshake_timeout} is not a number of seconds > 0"
+    if config.retry not in ("auto", "always", "never"):
+        yield "retry", f"{config.retry!r} is not auto, always or never"
     if not math.isfinite(config.scmp_rate) or config.scmp_rate < 0:
         yield "scmp_rate", f"{config.scmp_rate} is not a number of answers per second >= 0"
     if config.log_level not in LOG_LEVELS:
@@ -333,6 +336,13 @@ _OPTIONS: Final = (
         "scmp_rate", "--scmp-rate", "N", "SCMP error answers per second per tunnel (10)", _float
     ),
     _Option("scmp_burst", "--scmp-burst", "N", "SCMP error answers at once per tunnel (20)", _int),
+    _Option(
+        "retry",
+        "--retry",
+        "MODE",
+        "QUIC Retry: auto (near the half-open bound) | always | never (auto)",
+        _log_level,
+    ),
     _Option("log_level", "--log-level", "LEVEL", f"{'|'.join(LOG_LEVELS)} (info)", _log_level),
 )
 _KEYS: Final = frozenset(option.key for option in _OPTIONS)

@@ -149,6 +149,7 @@ class Gateway:
             max_half_open=cfg.max_half_open,
             source_rate=cfg.source_rate,
             source_burst=cfg.source_burst,
+            retry=cfg.retry,  # type: ignore[arg-type]  # checked by GatewayConfig
         )
         self._endpoint = await listen(
             cfg.listen[0],
