@@ -233,7 +233,7 @@ def _int(value: object, base: Path) -> int:
     return int(value)
 
 
-def _log_level(value: object, base: Path) -> str:
+def _lowercase_word(value: object, base: Path) -> str:
     return _text(value).lower()
 
 
@@ -341,9 +341,9 @@ _OPTIONS: Final = (
         "--retry",
         "MODE",
         "QUIC Retry: auto (near the half-open bound) | always | never (auto)",
-        _log_level,
+        _lowercase_word,
     ),
-    _Option("log_level", "--log-level", "LEVEL", f"{'|'.join(LOG_LEVELS)} (info)", _log_level),
+    _Option("log_level", "--log-level", "LEVEL", f"{'|'.join(LOG_LEVELS)} (info)", _lowercase_word),
 )
 _KEYS: Final = frozenset(option.key for option in _OPTIONS)
 

@@ -1,10 +1,12 @@
 """The gateway's data plane: tunnels <-> SCION underlay, with the reference's packet policy.
 
 * From a tunnel: the packet must pass :func:`snaptun.scion.check_tunnel_packet`
-  (source is the tunnel's address, standard path, not truncated); otherwise
-  it is dropped, counted by reason, and answered with an SCMP Parameter
-  Problem. A valid packet whose destination is another tunnel's address is
-  switched locally; everything else goes to the border router over UDP.
+  (source is the tunnel's address, standard path, exactly PayloadLen bytes);
+  otherwise it is dropped, counted by reason, and answered with an SCMP
+  Parameter Problem, at most ``scmp_burst`` at once and ``scmp_rate`` per
+  second per tunnel (suppressed answers are counted). A valid packet whose
+  destination is another tunnel's address is switched locally; everything
+  else goes to the border router over UDP.
 * From the underlay: a packet goes into the tunnel whose address is its
   destination; unparsable packets and unknown destinations are dropped.
 
