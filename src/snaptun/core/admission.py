@@ -23,7 +23,11 @@ create one:
   ``max_half_open`` is in use, an admitted Initial without a token is
   answered with a QUIC Retry instead of a connection (RFC 9000 §8.1), so only
   clients that receive at their address make state; an Initial that carries a
-  token always has it checked (:meth:`ConnectionGate.wants_retry`).
+  token always has it checked (:meth:`ConnectionGate.wants_retry`). Tokens
+  are :class:`RetryTokens`: HMAC-SHA256 under a per-process key, bound to the
+  client's address and port and to both connection IDs, valid for
+  ``retry_token_lifetime`` seconds; a token that fails is refused
+  (``bad_retry_token``) for the cost of one HMAC.
 
 Invariants: ``half_open <= max_half_open`` at every instant; memory is
 bounded by ``max_sources`` buckets plus the half-open connections. Every
@@ -33,7 +37,10 @@ Sans-I/O: ``now`` is passed in.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -44,6 +51,8 @@ __all__ = [
     "REFUSAL_REASONS",
     "AdmissionSettings",
     "ConnectionGate",
+    "RetryTokens",
+    "initial_token",
     "looks_like_initial",
     "source_key",
 ]
@@ -55,7 +64,8 @@ MAX_CID_LENGTH: Final = 20
 NOT_INITIAL: Final = "not_initial"
 HALF_OPEN_LIMIT: Final = "half_open_limit"
 SOURCE_RATE: Final = "source_rate"
-REFUSAL_REASONS: Final = (NOT_INITIAL, HALF_OPEN_LIMIT, SOURCE_RATE)
+BAD_RETRY_TOKEN: Final = "bad_retry_token"  # noqa: S105 - a metric label, not a secret
+REFUSAL_REASONS: Final = (NOT_INITIAL, HALF_OPEN_LIMIT, SOURCE_RATE, BAD_RETRY_TOKEN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +77,8 @@ class AdmissionSettings:
     source_burst: int = 50
     max_sources: int = 65536
     retry: Literal["auto", "always", "never"] = "auto"
+    retry_token_lifetime: float = 10.0
+    """Seconds a Retry token is accepted after it was issued (the client answers in one RTT)."""
 
     def __post_init__(self) -> None:
         if self.retry not in ("auto", "always", "never"):
@@ -75,6 +87,8 @@ class AdmissionSettings:
             raise ValueError("max_half_open, source_burst and max_sources must be positive")
         if not 0 <= self.source_rate < float("inf"):
             raise ValueError("source_rate must be a finite number >= 0")
+        if not (math.isfinite(self.retry_token_lifetime) and self.retry_token_lifetime > 0):
+            raise ValueError("retry_token_lifetime must be a positive number of seconds")
 
 
 def looks_like_initial(datagram: bytes) -> bool:
@@ -100,6 +114,86 @@ def initial_token_length(datagram: bytes) -> int:
     if at + size > len(datagram):
         return -1
     return int.from_bytes(datagram[at : at + size], "big") & ((1 << (8 * size - 2)) - 1)
+
+
+def initial_token(datagram: bytes) -> bytes | None:
+    """The token of a QUIC v1 Initial (after :func:`looks_like_initial`); None if cut."""
+    length = initial_token_length(datagram)
+    if length < 0:
+        return None
+    at = 6 + datagram[5]
+    at += 1 + datagram[at]
+    at += 1 << (datagram[at] >> 6)
+    token = datagram[at : at + length]
+    return token if len(token) == length else None
+
+
+class RetryTokens:
+    """Stateless, authenticated Retry tokens (RFC 9000 §8.1.2), checked for one HMAC.
+
+    A token is ``magic | issued (ms) | len ODCID | ODCID | len RSCID | RSCID |
+    MAC``, the MAC being HMAC-SHA256 (first 16 bytes) under ``key`` over the
+    client's packed address and port and everything before it. It is valid
+    from that address and port only, for ``lifetime`` seconds, and only in an
+    Initial whose Destination Connection ID is the Retry's Source Connection
+    ID (RSCID). ``now`` is any monotonic clock in seconds, the same for
+    :meth:`issue` and :meth:`check`.
+    """
+
+    MAGIC: Final = b"St"
+    _MAC: Final = 16
+    _HEAD: Final = len(MAGIC) + 8
+
+    def __init__(self, key: bytes, lifetime: float) -> None:
+        if len(key) < 16:
+            raise ValueError("a Retry token key needs at least 16 bytes")
+        self._key = key
+        self._lifetime_ms = round(lifetime * 1000)
+
+    @staticmethod
+    def _address(host: str, port: int) -> bytes:
+        try:
+            packed = ipaddress.ip_address(host.split("%", 1)[0]).packed
+        except ValueError:
+            packed = host.encode()
+        return packed + (port & 0xFFFF).to_bytes(2, "big")
+
+    def _mac(self, host: str, port: int, body: bytes) -> bytes:
+        message = self._address(host, port) + body
+        return hmac.new(self._key, message, hashlib.sha256).digest()[: self._MAC]
+
+    def issue(self, host: str, port: int, odcid: bytes, rscid: bytes, now: float) -> bytes:
+        """A token for the client at (host, port) whose first Initial had DCID ``odcid``."""
+        if len(odcid) > MAX_CID_LENGTH or len(rscid) > MAX_CID_LENGTH:
+            raise ValueError("connection IDs have at most 20 bytes")
+        issued = max(0, int(now * 1000)).to_bytes(8, "big")
+        body = self.MAGIC + issued + bytes([len(odcid)]) + odcid + bytes([len(rscid)]) + rscid
+        return body + self._mac(host, port, body)
+
+    def check(
+        self, token: bytes, host: str, port: int, dcid: bytes | None, now: float
+    ) -> tuple[bytes, bytes] | None:
+        """(ODCID, RSCID) of a valid token, else None.
+
+        ``dcid`` is the Destination Connection ID of the Initial that carries
+        the token; it must equal the RSCID (None skips that check).
+        """
+        head = self._HEAD
+        if len(token) < head + 2 + self._MAC or token[:2] != self.MAGIC:
+            return None
+        body, mac = token[: -self._MAC], token[-self._MAC :]
+        if not hmac.compare_digest(mac, self._mac(host, port, body)):
+            return None
+        age = max(0, int(now * 1000)) - int.from_bytes(body[2:head], "big")
+        if not 0 <= age <= self._lifetime_ms:
+            return None
+        odcid_end = head + 1 + body[head]
+        if odcid_end >= len(body) or odcid_end + 1 + body[odcid_end] != len(body):
+            return None
+        odcid, rscid = body[head + 1 : odcid_end], body[odcid_end + 1 :]
+        if dcid is not None and rscid != dcid:
+            return None
+        return odcid, rscid
 
 
 def source_key(host: str) -> str:
@@ -144,6 +238,10 @@ class ConnectionGate:
         else:
             self.refused[reason] += 1
         return reason
+
+    def refuse(self, reason: str) -> None:
+        """Count a refusal decided outside :meth:`admit` (a Retry token that fails)."""
+        self.refused[reason] += 1
 
     def _check(self, datagram: bytes, host: str, now: float) -> str | None:
         if not looks_like_initial(datagram):

@@ -118,20 +118,29 @@ class Gateway:
         cfg = self.config
         # Before anything in the directory is read: one gateway per state directory.
         self._lock = lock_state_dir(cfg.state_dir)
-        files, created = ensure_state(cfg.state_dir, certificate=cfg.cert is None)
-        cert = cfg.cert or files.cert
-        key = cfg.key or files.key
-        check_tls_files(Path(cert), Path(key), generated=cfg.cert is None)
-        key_paths = list(cfg.token_keys) or [files.signing_public_key]
-        dev = None if cfg.token_keys else files
-        validator = JwtTokenValidator(load_token_keys(key_paths, dev=dev))
-        manager = AddressManager(
-            cfg.isd_as, cfg.pools, hold_time=cfg.hold, reserved=cfg.gateway_addresses
-        )
         try:
-            self._allocator = PersistentAllocator.open(manager, files.grants_db, now=self._clock())
-        except GrantStoreError as exc:
-            raise grant_store_error(files.grants_db, exc) from exc
+            files, created = ensure_state(
+                cfg.state_dir, certificate=cfg.cert is None, dev_key=not cfg.token_keys
+            )
+            cert = cfg.cert or files.cert
+            key = cfg.key or files.key
+            check_tls_files(Path(cert), Path(key), generated=cfg.cert is None)
+            key_paths = list(cfg.token_keys) or [files.signing_public_key]
+            dev = None if cfg.token_keys else files
+            validator = JwtTokenValidator(load_token_keys(key_paths, dev=dev))
+            manager = AddressManager(
+                cfg.isd_as, cfg.pools, hold_time=cfg.hold, reserved=cfg.gateway_addresses
+            )
+            try:
+                self._allocator = PersistentAllocator.open(
+                    manager, files.grants_db, now=self._clock()
+                )
+            except GrantStoreError as exc:
+                raise grant_store_error(files.grants_db, exc) from exc
+        except BaseException:
+            self._lock.release()  # bad state: the directory is free again for a fixed start
+            self._lock = None
+            raise
         self.metrics.watch_free_addresses(self._allocator.free_count)
         self._server: Server[Any] = Server(self._allocator, validator, self.metrics.library)
         self._dataplane = Dataplane(

@@ -131,9 +131,9 @@ class GrantStore:
             raise self._error("open", exc) from exc
         self._closed = False
         try:
-            self._set_wal_mode()
             self._db.execute("PRAGMA synchronous=FULL")
-            self._ensure_schema()
+            self._ensure_schema()  # first: a file that is not ours is refused untouched
+            self._set_wal_mode()
         except sqlite3.Error as exc:
             self._db.close()
             raise self._error("open", exc) from exc
