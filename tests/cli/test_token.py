@@ -165,3 +165,16 @@ def test_token_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str])
         main(argv)
     assert exited.value.code == 2
     assert capsys.readouterr().out == ""
+
+
+def test_issue_refuses_a_ttl_beyond_the_uint64_expiry(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths = keygen(capsys, tmp_path)
+    assert main(["token", "issue", "--key", paths["private_key"], "--ttl", "1e20"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "beyond 2^64-1" in captured.err
+    # a lifetime inside the range is issued and validates
+    token = issue(capsys, "--key", paths["private_key"], "--ttl", "1e19")
+    assert validate(Path(paths["public_key"]), token).exp > 10**19

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -723,3 +724,116 @@ def test_response_round_trip(status: int, body: bytes, chunk: int) -> None:
 def test_response_fuzz_only_malformed(data: bytes) -> None:
     with contextlib.suppress(MalformedResponse):
         read_response(data)
+
+
+# --- the reader's work is linear in its input -----------------------------------------------
+
+
+class CountingBuffer(bytearray):
+    """A buffer that counts the bytes the reader looks at (indexing and searching)."""
+
+    examined = 0
+
+    def __getitem__(self, index: Any) -> Any:
+        self.examined += 1
+        return super().__getitem__(index)
+
+    def find(self, sub: Any, start: Any = None, end: Any = None) -> int:
+        self.examined += len(self) - (start or 0)
+        return super().find(sub, start, end)
+
+
+def counted_reader(limit: int = 4096) -> tuple[RequestReader, CountingBuffer]:
+    reader = RequestReader(limit)
+    buffer = CountingBuffer()
+    reader._buf = buffer  # white-box: count the work without timing it
+    return reader, buffer
+
+
+@pytest.mark.parametrize("piece", [b"\n", b"a", b"\r\n", b"\n\r", b"x\n", b"\r", b"a:b\r\n"])
+def test_one_piece_at_a_time_up_to_the_limit_is_linear_work(piece: bytes) -> None:
+    reader, buffer = counted_reader()
+
+    def feed_until_refused() -> None:
+        for _ in range(4096):
+            reader.feed_data(piece)
+
+    with pytest.raises(InvalidRequest, match="request too big"):
+        feed_until_refused()
+    assert reader.buffered == 4096
+    # Re-scanning the buffer at every piece would examine about 4096^2/2 = 8 million bytes.
+    assert buffer.examined <= 8 * 4096
+    assert reader.head_parses <= 1
+
+
+def test_head_is_parsed_only_when_its_end_arrives() -> None:
+    reader, buffer = counted_reader()
+    head = REF_RENEW[:-2]  # all but the final empty line
+    for i in range(len(head)):
+        assert reader.feed_data(head[i : i + 1]) is None
+        assert reader.head_parses == 0
+    assert reader.feed_data(b"\r") is None
+    assert reader.head_parses == 0
+    assert reader.feed_data(b"\n") == renew()
+    assert reader.head_parses == 1
+    assert buffer.examined <= 8 * len(REF_RENEW)
+
+
+def test_unparsable_head_is_parsed_once_then_waits_cheaply() -> None:
+    reader, buffer = counted_reader()
+    assert reader.feed_data(b"NOT A REQUEST\n\n") is None
+    for _ in range(1000):
+        assert reader.feed_data(b"\n\n") is None
+    assert reader.head_parses == 1
+    assert buffer.examined <= 8 * 2016
+    assert one(b"NOT A REQUEST\n\n" + b"\n\n" * 1000) == (
+        RequestClosedPrematurely,
+        "closed prematurely",
+    )
+
+
+class ReparsingReader(RequestReader):
+    """The reader as it was: the whole buffer is parsed again after every piece."""
+
+    def _head_end_arrived(self) -> bool:
+        return True
+
+    @property
+    def _unparsable(self) -> bool:
+        return False
+
+    @_unparsable.setter
+    def _unparsable(self, value: bool) -> None:
+        pass
+
+
+def test_the_reparsing_model_parses_after_every_piece() -> None:
+    reader = ReparsingReader()
+    for i in range(len(REF_RENEW) - 1):
+        assert reader.feed_data(REF_RENEW[i : i + 1]) is None
+    assert reader.feed_data(REF_RENEW[-1:]) == renew()
+    assert reader.head_parses == len(REF_RENEW)
+
+
+def steps(reader: RequestReader, chunks: Sequence[bytes]) -> list[Outcome]:
+    """What each feed and the final EOF give: None, the request, or the error's (type, reason)."""
+    out: list[Outcome] = []
+    for chunk in [*chunks, None]:
+        try:
+            out.append(reader.feed_eof() if chunk is None else reader.feed_data(chunk))
+        except ParseControlRequestError as exc:
+            out.append((type(exc), exc.reason))
+    return out
+
+
+@given(
+    st.sampled_from([b"", b"\n", b"\r\n\n", b"\r", b"\n\r", b"\r\r\n"]),
+    mutated(),
+    st.lists(st.integers(0, 400), max_size=12),
+    st.sampled_from([64, 200, 4096]),
+)
+def test_linear_reader_answers_as_reparsing_after_every_piece(
+    prefix: bytes, data: bytes, cuts: list[int], limit: int
+) -> None:
+    chunks = split(prefix + data, cuts)
+    assert steps(RequestReader(limit), chunks) == steps(ReparsingReader(limit), chunks)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import json
 import stat
 import uuid
@@ -20,8 +21,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
+from hypothesis import given
+from hypothesis import strategies as st
 
+from snaptun.core.addressing import IsdAs
+from snaptun.core.allocator import AddressManager
+from snaptun.core.control import ControlRequest, RequestKind
+from snaptun.core.messages import decode_session_renewal_response, encode_session_renewal_response
+from snaptun.core.state import TunnelStateMachine
 from snaptun.core.tokens import (
+    MAX_UINT64,
     JwtTokenValidator,
     SnapTokenClaims,
     StaticTokenValidator,
@@ -413,3 +422,241 @@ def test_load_refuses_other_key_types(tmp_path: Path) -> None:
     garbage.write_text("not a key")
     with pytest.raises(ValueError, match="PEM"):
         load_public_key(garbage)
+
+
+# --- one token, one meaning: JSON read as the reference's serde_json reads it ------------
+
+SIGNER = generate_signing_key()
+STRICT = JwtTokenValidator([SIGNER.public_key()])
+HEADER = b'{"alg":"EdDSA","typ":"JWT"}'
+
+
+def signed_raw(payload: bytes, header: bytes = HEADER, signer: Ed25519PrivateKey = SIGNER) -> str:
+    """A token over exactly these header and payload bytes, validly signed by ``signer``."""
+    signing_input = f"{_b64(header)}.{_b64(payload)}"
+    return f"{signing_input}.{_b64(signer.sign(signing_input.encode()))}"
+
+
+def claims_json(extra: bytes = b"", exp: bytes = str(EXP).encode()) -> bytes:
+    return b'{"pssid":"%s","exp":%s%s}' % (str(PSSID).encode(), exp, extra)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(b"\xef\xbb\xbf" + claims_json(), id="utf8-bom"),
+        pytest.param(claims_json().decode().encode("utf-16-le"), id="utf16"),
+        pytest.param(claims_json().decode().encode("utf-32"), id="utf32"),
+        pytest.param(claims_json(b',"x":"\xff"'), id="invalid-utf8"),
+        pytest.param(claims_json(b',"x":NaN'), id="nan"),
+        pytest.param(claims_json(b',"x":Infinity'), id="infinity"),
+        pytest.param(claims_json(b',"x":[-Infinity]'), id="minus-infinity"),
+        pytest.param(claims_json(b',"x":1e400'), id="float-beyond-double"),
+        pytest.param(claims_json(b',"x":-%s' % (b"9" * 400)), id="int-beyond-double"),
+        pytest.param(claims_json(b',"x":%s' % (b"1" * 5000)), id="int-of-5000-digits"),
+        pytest.param(claims_json(b',"x":"\\ud800"'), id="lone-high-surrogate"),
+        pytest.param(claims_json(b',"x":["\\udc00"]'), id="lone-low-surrogate-in-array"),
+        pytest.param(claims_json(b',"\\ud800":1'), id="lone-surrogate-key"),
+        pytest.param(claims_json(b',"x":' + b"[" * 127 + b"]" * 127), id="128-levels"),
+        pytest.param(claims_json(b',"x":' + b"[" * 5000 + b"]" * 5000), id="5001-levels"),
+        pytest.param(claims_json(b',"x":{"a":1,"a":1}'), id="nested-duplicate"),
+        pytest.param(claims_json(b',"exp":%d' % EXP), id="duplicate-exp-same-value"),
+        pytest.param(claims_json(exp=b"-0"), id="exp-minus-zero"),
+        pytest.param(claims_json(exp=b"0.0"), id="exp-zero-point-zero"),
+        pytest.param(claims_json(exp=b"1767225600e0"), id="exp-with-exponent"),
+        pytest.param(claims_json(b',"aud":""'), id="empty-audience"),
+        pytest.param(claims_json(b',"aud":[]'), id="no-audiences"),
+        pytest.param(b"[" + claims_json() + b"]", id="array"),
+        pytest.param(b'"' + claims_json().replace(b'"', b'\\"') + b'"', id="string"),
+    ],
+)
+def test_json_the_reference_would_refuse_is_malformed(payload: bytes) -> None:
+    with pytest.raises(MalformedToken) as info:
+        STRICT.validate(NOW, signed_raw(payload))
+    assert info.value.status == 400
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(claims_json(b',"x":' + b"[" * 126 + b"]" * 126), id="127-levels"),
+        pytest.param(claims_json(b',"x":"\\ud83d\\ude00"'), id="surrogate-pair"),
+        pytest.param(claims_json(b',"x":1e308,"y":-0.0,"z":-%s' % (b"9" * 300)), id="big-doubles"),
+        pytest.param(b' \t\r\n{ "exp" : %d , "pssid" : "%s" }\n' % (EXP, str(PSSID).encode())),
+        pytest.param(claims_json(exp=b"0"), id="exp-zero"),
+    ],
+)
+def test_json_the_reference_would_take_is_accepted(payload: bytes) -> None:
+    claims = STRICT.validate(0.0, signed_raw(payload))
+    assert claims.pssid == PSSID
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        b',"nbf":99999999999,"iat":99999999999',  # in the future: not checked
+        b',"nbf":-5,"iat":-1.5',
+        b',"nbf":1.5e300,"iat":%s' % (b"9" * 40),
+        b',"nbf":"soon","iat":null,"iss":5,"sub":5,"jti":["x"]',
+        b',"aud":null',
+    ],
+)
+def test_claims_the_reference_does_not_check_are_ignored(extra: bytes) -> None:
+    assert STRICT.validate(NOW, signed_raw(claims_json(extra))) == SnapTokenClaims(PSSID, EXP)
+
+
+def test_payload_is_not_read_before_the_signature_verifies() -> None:
+    # Garbage, duplicates and non-JSON under a foreign signature: 401, as the reference
+    # says; under the trusted signature the same payloads are 400.
+    other = generate_signing_key()
+    for payload in (b"not json", claims_json(b',"exp":1'), claims_json(b',"x":NaN'), b"[]"):
+        with pytest.raises(InvalidSignature):
+            STRICT.validate(NOW, signed_raw(payload, signer=other))
+        with pytest.raises(MalformedToken):
+            STRICT.validate(NOW, signed_raw(payload))
+    # The header is read first, whoever signed: a bad header is 400 either way.
+    with pytest.raises(MalformedToken, match="duplicate"):
+        STRICT.validate(NOW, signed_raw(claims_json(), b'{"alg":"EdDSA","alg":"none"}', other))
+
+
+def test_required_claims_of_a_custom_type_must_not_be_null() -> None:
+    validator = JwtTokenValidator([SIGNER.public_key()], _OtherClaims)
+    with pytest.raises(MalformedToken, match="until"):
+        validator.validate(NOW, signed_raw(b'{"sub":"alice","until":null}'))
+    assert validator.validate(NOW, signed_raw(b'{"sub":"alice","until":%d}' % EXP)).until == EXP
+
+
+# --- pssid: the four forms of the Rust uuid crate ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        str(PSSID),
+        str(PSSID).upper(),
+        PSSID.hex,
+        "{" + str(PSSID) + "}",
+        "urn:uuid:" + str(PSSID),
+        "urn:uuid:" + str(PSSID).upper(),
+    ],
+)
+def test_pssid_forms_of_the_reference_give_one_identity(text: str) -> None:
+    claims = STRICT.validate(NOW, signed_raw(b'{"pssid":"%s","exp":%d}' % (text.encode(), EXP)))
+    assert claims.id() == str(PSSID)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{" + PSSID.hex + "}",
+        "{" + str(PSSID),
+        str(PSSID) + "}",
+        "urn:" + str(PSSID),
+        "uuid:" + str(PSSID),
+        "URN:UUID:" + str(PSSID),
+        "urn:uuid:" + PSSID.hex,
+        "urn:uuid:{" + str(PSSID) + "}",
+        PSSID.hex[:4] + "-" + PSSID.hex[4:],
+        str(PSSID).replace("-", "--", 1),
+        " " + str(PSSID),
+        str(PSSID) + "\n",
+        "\uff11" + str(PSSID)[1:],  # a fullwidth digit
+    ],
+)
+def test_pssid_in_other_spellings_is_malformed(text: str) -> None:
+    payload = json.dumps({"pssid": text, "exp": EXP}).encode()
+    with pytest.raises(MalformedToken, match="pssid"):
+        STRICT.validate(NOW, signed_raw(payload))
+
+
+# --- exp: exact uint64 ---------------------------------------------------------------------
+
+
+@given(st.integers(0, MAX_UINT64))
+def test_any_uint64_exp_is_kept_exact_and_answered_exactly(exp: int) -> None:
+    claims = STRICT.validate(0.0, signed_raw(claims_json(exp=str(exp).encode())))
+    assert type(claims.exp_time()) is int
+    assert claims.exp_time() == exp
+    answer = _renewal_machine().process_control_request(
+        0.0, ControlRequest(RequestKind.SESSION_RENEWAL, mint_token(SIGNER, claims))
+    )
+    assert answer.status == 200
+    assert answer.body == encode_session_renewal_response(exp)
+    assert decode_session_renewal_response(answer.body) == exp
+
+
+def test_exp_2_64_minus_1_is_answered_as_the_ten_byte_varint() -> None:
+    answer = _renewal_machine().process_control_request(
+        NOW,
+        ControlRequest(
+            RequestKind.SESSION_RENEWAL, signed_raw(claims_json(exp=b"%d" % MAX_UINT64))
+        ),
+    )
+    assert answer.status == 200
+    assert answer.body == b"\x08" + b"\xff" * 9 + b"\x01"
+
+
+@given(
+    st.integers(MAX_UINT64 + 1, 10**300)
+    | st.integers(max_value=-1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+)
+def test_any_exp_outside_uint64_or_not_an_integer_is_answered_400(exp: float) -> None:
+    token = signed_raw(claims_json(exp=json.dumps(exp).encode()))
+    with pytest.raises(MalformedToken):
+        STRICT.validate(0.0, token)
+    answer = _renewal_machine().process_control_request(
+        0.0, ControlRequest(RequestKind.SESSION_RENEWAL, token)
+    )
+    assert answer.status == 400
+
+
+def test_claims_cannot_be_made_with_an_exp_outside_uint64() -> None:
+    for exp in (-1, MAX_UINT64 + 1):
+        with pytest.raises(ValueError, match="2\\^64-1"):
+            SnapTokenClaims(PSSID, exp)
+    for wrong in (1.0, True, "1"):
+        with pytest.raises(TypeError):
+            SnapTokenClaims(PSSID, wrong)  # type: ignore[arg-type]
+    assert SnapTokenClaims(PSSID, MAX_UINT64).exp_time() == MAX_UINT64
+
+
+def test_static_validator_caps_the_expiry_at_uint64() -> None:
+    assert StaticTokenValidator("t", 1e30).validate(1000.0, "t").exp == MAX_UINT64
+
+
+def _renewal_machine() -> TunnelStateMachine[SnapTokenClaims]:
+    manager = AddressManager(
+        IsdAs.parse("1-ff00:0:110"), [ipaddress.ip_network("10.0.0.0/30")], clock=lambda: NOW
+    )
+    return TunnelStateMachine(STRICT, manager)
+
+
+# --- one token, one spelling ---------------------------------------------------------------
+
+_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+@given(
+    st.integers(0, 2),
+    st.sampled_from(_ALPHABET),
+    st.sampled_from(["", "=", "==", "===", " ", "\n", "+", "/", ".", "\u00e9"]),
+)
+def test_no_other_spelling_of_a_segment_is_accepted(index: int, last: str, suffix: str) -> None:
+    token = signed_raw(claims_json())
+    parts = token.split(".")
+    parts[index] = parts[index][:-1] + last + suffix
+    respelled = ".".join(parts)
+    if respelled == token:
+        assert STRICT.validate(NOW, respelled) == SnapTokenClaims(PSSID, EXP)
+        return
+    # Another canonical spelling spells other bytes: a header that no longer parses (400),
+    # or a payload or signature the signature does not cover (401). Any other spelling
+    # of a segment is malformed (400).
+    canonical = not suffix and _b64(_unb64(parts[index])) == parts[index]
+    with pytest.raises(InvalidSignature if canonical and index > 0 else MalformedToken):
+        STRICT.validate(NOW, respelled)
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))

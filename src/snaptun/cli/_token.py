@@ -19,6 +19,7 @@ from typing import Any
 
 from snaptun.cli._common import emit
 from snaptun.core.tokens import (
+    MAX_UINT64,
     SnapTokenClaims,
     generate_signing_key,
     load_private_key,
@@ -159,5 +160,7 @@ def issue(
         key = load_private_key(key_file)
     except (OSError, ValueError, TypeError) as exc:
         raise _Failure(f"cannot use {key_file} as an Ed25519 private key: {exc}") from exc
-    claims = SnapTokenClaims(pssid or uuid.uuid4(), math.ceil(time.time() + ttl))
-    return mint_token(key, claims)
+    exp = math.ceil(time.time() + ttl)
+    if exp > MAX_UINT64:
+        raise _Failure(f"--ttl {ttl:g} puts the expiry beyond 2^64-1, which no server accepts")
+    return mint_token(key, SnapTokenClaims(pssid or uuid.uuid4(), exp))

@@ -9,11 +9,28 @@ Validation outcomes, each with the HTTP status the server answers (§4)::
     TokenValidationError
     ├── InvalidSignature   401  the signature verifies with none of the trusted keys
     ├── MalformedToken     400  not a JWT, an algorithm other than EdDSA, missing or
-    │                           ill-typed required claims, a number claim outside
-    │                           uint64, a duplicate JSON key, or a base64url segment
-    │                           that is not in its one canonical spelling (padding,
-    │                           stray characters, non-zero trailing bits)
+    │                           ill-typed required claims (``exp`` not an integer
+    │                           in [0, 2^64-1]; ``pssid`` not one of the four UUID
+    │                           forms), a base64url segment not in its one canonical
+    │                           spelling (padding, stray characters, non-zero
+    │                           trailing bits), or JSON the reference's serde_json
+    │                           would refuse (see below) or with a duplicate key
     └── TokenExpired       401  now > exp
+
+Order of the checks: the spelling of the three segments and the header's JSON
+(400), then the signature (401), and only then the payload's JSON and claims
+(400). As in the reference, a payload is parsed only once its signature
+verifies, so a tampered payload is 401 (one respelled in base64url is 400
+here, where the reference, decoding it only after the signature, says 401).
+
+JSON is read as serde_json reads it, so that one token means one thing: UTF-8
+only (no BOM, no UTF-16), no ``NaN``/``Infinity``, no number beyond the range of
+a double, no lone surrogate, at most 127 nested levels, and ``-0`` is a float
+(so no integer claim accepts it). Unlike serde, which refuses duplicates only of
+the claims it knows, a duplicate key anywhere is refused. ``exp`` is kept exact
+(an ``int``, never a float), ``nbf``, ``iat``, ``iss``, ``sub`` and ``jti`` are
+ignored whatever their value (the reference checks none of them by default),
+and an ``aud`` claim is refused because no audience is configured.
 
 Expiry is checked against the ``now`` given by the caller, never the wall clock.
 Nothing here does I/O except the key-file helpers at the bottom.
@@ -68,6 +85,16 @@ MAX_UINT64: Final = 2**64 - 1
 
 _SEGMENT: Final = re.compile(r"[A-Za-z0-9_-]*")
 
+# The forms the Rust uuid crate parses: simple, hyphenated, braced and URN (any hex case).
+_HYPHENATED = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+_UUID_FORMS: Final = re.compile(
+    rf"[0-9a-fA-F]{{32}}|{_HYPHENATED}|\{{{_HYPHENATED}\}}|urn:uuid:{_HYPHENATED}"
+)
+
+#: Deepest nesting of JSON arrays and objects accepted (serde_json's limit is 128 levels,
+#: the 128th refused).
+MAX_JSON_DEPTH: Final = 127
+
 # Namespace for the identity StaticTokenValidator derives from its accepted string.
 _STATIC_NAMESPACE: Final = uuid.UUID("6f1c5b0e-2a7d-4d1e-9a51-5e0c7f3a9b21")
 
@@ -80,7 +107,12 @@ class Token(Protocol):
         ...
 
     def exp_time(self) -> float:
-        """Expiry in unix seconds; the token is expired when now > exp_time()."""
+        """Expiry in unix seconds; the token is expired when now > exp_time().
+
+        Best an ``int`` (SnapTokenClaims returns one): a renewal answers it as the
+        uint64 ``valid_until``, exactly for an int, truncated for a float, and an
+        expiry outside [0, 2^64-1] is answered 400.
+        """
         ...
 
     @classmethod
@@ -123,6 +155,13 @@ class SnapTokenClaims:
     pssid: uuid.UUID
     exp: int
 
+    def __post_init__(self) -> None:
+        # Refused here so that no token with an unencodable expiry can be minted.
+        if isinstance(self.exp, bool) or not isinstance(self.exp, int):
+            raise TypeError(f"exp must be an int, not {type(self.exp).__name__}")
+        if not 0 <= self.exp <= MAX_UINT64:
+            raise ValueError(f"exp {self.exp} is not in [0, 2^64-1]")
+
     def id(self) -> str:
         """The pssid in its canonical hyphenated form."""
         return str(self.pssid)
@@ -150,10 +189,10 @@ class SnapTokenClaims:
             raise MalformedToken("token lacks the exp claim")
         if not isinstance(pssid, str):
             raise MalformedToken("pssid claim is not a string")
-        try:
-            identity = uuid.UUID(pssid)
-        except ValueError:
-            raise MalformedToken("pssid claim is not a UUID") from None
+        # uuid.UUID alone would also take "urn:{...}", stray hyphens and lone braces.
+        if not _UUID_FORMS.fullmatch(pssid):
+            raise MalformedToken("pssid claim is not a UUID")
+        identity = uuid.UUID(pssid)
         # bool is an int in Python, but not in JSON; the reference reads exp as u64.
         if isinstance(exp, bool) or not isinstance(exp, int) or not 0 <= exp <= MAX_UINT64:
             raise MalformedToken("exp claim is not an integer from 0 to 2^64-1")
@@ -220,36 +259,35 @@ class JwtTokenValidator(Generic[TokenT]):
         return claims
 
     def _verified_payload(self, token: str) -> dict[str, object]:
-        _check_canonical(token)
+        header, payload, _ = _segments(token)
+        _json_object(header, "header")
         for key in self._keys:
             try:
-                payload: dict[str, object] = jwt.decode(
-                    token,
-                    key,
-                    algorithms=[JWT_ALGORITHM],
-                    options={
-                        "require": self._required,
-                        # PyJWT checks these against the wall clock; expiry is ours.
-                        "verify_exp": False,
-                        "verify_nbf": False,
-                        "verify_iat": False,
-                    },
-                )
+                # PyJWT checks the header (alg, kid, crit) and the signature; it does not
+                # parse the payload, which is ours to read strictly once it is authentic.
+                jwt.api_jws.decode_complete(token, key, algorithms=[JWT_ALGORITHM])
             except jwt.InvalidSignatureError:
                 continue
             except jwt.PyJWTError as exc:
                 raise MalformedToken(f"malformed token: {exc}") from None
-            return payload
+            return self._checked_claims(_json_object(payload, "payload"))
         raise InvalidSignature("token signature does not verify with any trusted key")
 
+    def _checked_claims(self, claims: dict[str, object]) -> dict[str, object]:
+        if claims.get("aud") is not None:  # also "" and []: the reference refuses those too
+            raise MalformedToken("malformed token: an aud claim, and no audience is configured")
+        for name in self._required:
+            if claims.get(name) is None:
+                raise MalformedToken(f"malformed token: it lacks the {name} claim")
+        return claims
 
-def _check_canonical(token: str) -> None:
-    """Refuse any token with another spelling of the same bytes, or with duplicate keys.
 
-    One token, one spelling: each of the three segments must be unpadded
-    base64url whose re-encoding gives it back (no ``=``, no stray characters,
-    zero trailing bits). Header and payload must be JSON objects without a
-    duplicate key (PyJWT keeps the last one; the reference's serde refuses).
+def _segments(token: str) -> tuple[bytes, bytes, bytes]:
+    """The decoded header, payload and signature, each from its one canonical spelling.
+
+    Each segment must be unpadded base64url whose re-encoding gives it back (no
+    ``=``, no stray characters, zero trailing bits), as the reference's
+    base64 engine (URL_SAFE_NO_PAD) requires; PyJWT alone accepts padding.
     """
     parts = token.split(".")
     if len(parts) != 3:
@@ -265,20 +303,73 @@ def _check_canonical(token: str) -> None:
         if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != part:
             raise MalformedToken("malformed token: a segment is not canonical base64url")
         decoded.append(raw)
-    for raw in decoded[:2]:
-        try:
-            json.loads(raw, object_pairs_hook=_no_duplicates)
-        except (ValueError, RecursionError) as exc:
-            raise MalformedToken(f"malformed token: {exc}") from None
+    return decoded[0], decoded[1], decoded[2]
+
+
+def _json_object(raw: bytes, part: str) -> dict[str, object]:
+    """``raw`` as a JSON object, read as serde_json reads it, duplicate keys refused."""
+    try:
+        value: object = json.loads(
+            raw.decode("utf-8"),  # strict: json.loads(bytes) would also take UTF-16/32
+            object_pairs_hook=_no_duplicates,
+            parse_int=_json_int,
+            parse_float=_json_float,
+            parse_constant=_json_constant,
+        )
+        _check_strings_and_depth(value)
+    except (ValueError, RecursionError) as exc:  # UnicodeError and JSONDecodeError too
+        raise MalformedToken(f"malformed token: {part}: {exc}") from None
+    if not isinstance(value, dict):
+        raise MalformedToken(f"malformed token: {part} is not a JSON object")
+    return value
 
 
 def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        names = [name for name, _ in pairs]
-        duplicate = next(n for n in names if names.count(n) > 1)
-        raise ValueError(f"duplicate JSON key {duplicate!r}")
+    result: dict[str, object] = {}
+    for name, item in pairs:
+        if name in result:
+            raise ValueError(f"duplicate JSON key {name!r}")
+        result[name] = item
     return result
+
+
+def _json_int(text: str) -> int | float:
+    if text == "-0":
+        return -0.0  # serde_json reads -0 as a float, which no integer claim accepts
+    value = int(text)  # more than 4300 digits: ValueError
+    try:
+        float(value)
+    except OverflowError:
+        raise ValueError("number out of range") from None
+    return value
+
+
+def _json_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError("number out of range")
+    return value
+
+
+def _json_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _check_strings_and_depth(value: object) -> None:
+    """Refuse lone surrogates (``"\\ud800"``) and nesting beyond MAX_JSON_DEPTH, as serde_json.
+
+    Iterative, so that a deep value cannot exhaust the Python stack.
+    """
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            item.encode("utf-8")  # UnicodeEncodeError (a ValueError) on a lone surrogate
+        elif isinstance(item, dict | list):
+            if depth >= MAX_JSON_DEPTH:
+                raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
 
 
 class StaticTokenValidator:
@@ -287,7 +378,8 @@ class StaticTokenValidator:
     For tests, interoperability runs and demos; never for production. Every
     accepted token gets the same identity (``identity``, or a UUID derived from
     the accepted string) and expires ``validity`` seconds (rounded up to whole
-    seconds) after ``int(now)``. Anything else is an InvalidSignature (HTTP 401).
+    seconds) after ``int(now)``, capped at 2^64-1. Anything else is an
+    InvalidSignature (HTTP 401).
     """
 
     def __init__(self, accepted: str, validity: float, identity: uuid.UUID | None = None) -> None:
@@ -308,7 +400,7 @@ class StaticTokenValidator:
         """The claims for the accepted string; InvalidSignature for anything else."""
         if not hmac.compare_digest(token.encode("utf-8", "surrogatepass"), self._accepted):
             raise InvalidSignature("token not accepted")
-        return SnapTokenClaims(self._identity, int(now) + self._validity)
+        return SnapTokenClaims(self._identity, min(int(now) + self._validity, MAX_UINT64))
 
 
 def mint_token(private_key: Ed25519PrivateKey, claims: SnapTokenClaims) -> str:
