@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 from snaptun.aio import quic
@@ -27,21 +28,31 @@ def _flood_socket() -> socket.socket:
     return sock
 
 
-async def _flood(endpoint: quic.QuicEndpoint, count: int, *, garbage_share: int = 4) -> int:
-    """Send ``count`` datagrams in batches; returns the largest half-open count seen."""
-    target = endpoint.local_address
-    most = 0
+async def send_flood(
+    target: tuple[str, int], count: int, every_batch: Callable[[], None] = lambda: None
+) -> None:
+    """Send ``count`` datagrams from FLOOD_SOURCE: one in four random, the rest Initials."""
     with _flood_socket() as sock:
         for n in range(count):
-            data = os.urandom(1300) if n % garbage_share == 0 else fake_initial()
+            data = os.urandom(1300) if n % 4 == 0 else fake_initial()
             try:
                 sock.sendto(data, target)
             except BlockingIOError:
                 await asyncio.sleep(0.001)
             if n % 16 == 0:
                 await asyncio.sleep(0)  # let the endpoint read
-                most = max(most, endpoint.gate.half_open)
-    return most
+                every_batch()
+
+
+async def _flood(endpoint: quic.QuicEndpoint, count: int) -> int:
+    """Flood ``endpoint``; returns the largest half-open count seen between batches."""
+    most = [0]
+
+    def look() -> None:
+        most[0] = max(most[0], endpoint.gate.half_open)
+
+    await send_flood(endpoint.local_address, count, look)
+    return most[0]
 
 
 async def _until(predicate: object, timeout: float) -> bool:

@@ -7,7 +7,6 @@ so every test decides exactly how much time passes between packets.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -26,6 +25,7 @@ from snaptun.scion import (
     decode,
     decode_scmp,
 )
+from tests.gateway._fakes import FakeControl, FakeSender
 from tests.gateway._gateway import scion_udp
 
 ME = EndhostAddress.parse("1-ff00:0:110,10.0.0.5")
@@ -33,39 +33,6 @@ OTHER = EndhostAddress.parse("1-ff00:0:110,10.0.0.6")
 FOREIGN = EndhostAddress.parse("2-ff00:0:220,192.0.2.80")
 GATEWAY = EndhostAddress.parse("1-ff00:0:110,10.0.0.1")
 SPOOFED = scion_udp(FOREIGN, OTHER, b"spoof")  # source is not the sending tunnel's address
-
-
-class _Machine:
-    def __init__(self, address: EndhostAddress) -> None:
-        self.address = address
-
-    def addresses(self) -> list[EndhostAddress]:
-        return [self.address]
-
-
-class _Control:
-    def __init__(self, address: EndhostAddress) -> None:
-        self.machine = _Machine(address)
-        self.listeners: list[Callable[[], None]] = []
-
-    def on_change(self, listener: Callable[[], None]) -> None:
-        self.listeners.append(listener)
-
-    def move_to(self, address: EndhostAddress) -> None:
-        self.machine.address = address
-        for listener in self.listeners:
-            listener()
-
-
-class _Sender:
-    def __init__(self, address: EndhostAddress) -> None:
-        self.assigned_addresses = [address]
-        self.sent: list[bytes] = []
-        self.max_packet_size = 1400
-        self.queued = 0
-
-    def send(self, packet: bytes) -> None:
-        self.sent.append(packet)
 
 
 class _Plane:
@@ -84,8 +51,8 @@ class _Plane:
         )
         self.port, self.sender, self.control = self.attach(ME)
 
-    def attach(self, address: EndhostAddress) -> tuple[TunnelPort, _Sender, _Control]:
-        sender, control = _Sender(address), _Control(address)
+    def attach(self, address: EndhostAddress) -> tuple[TunnelPort, FakeSender, FakeControl]:
+        sender, control = FakeSender(address), FakeControl(address)
         return self.plane.attach(sender, control), sender, control  # type: ignore[arg-type]
 
     def sample(self, name: str, labels: dict[str, str] | None = None) -> float:

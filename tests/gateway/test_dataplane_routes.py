@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -10,44 +9,12 @@ import pytest
 from snaptun.core.addressing import EndhostAddress
 from snaptun.gateway.dataplane import Dataplane, RouteConflict
 from snaptun.gateway.metrics import GatewayMetrics
+from tests.gateway._fakes import FakeControl, FakeSender
 from tests.gateway._gateway import scion_udp
 
 ME = EndhostAddress.parse("1-ff00:0:110,10.0.0.5")
 OTHER = EndhostAddress.parse("1-ff00:0:110,10.0.0.6")
 FOREIGN = EndhostAddress.parse("2-ff00:0:220,192.0.2.80")
-
-
-class FakeMachine:
-    def __init__(self, address: EndhostAddress) -> None:
-        self.address = address
-
-    def addresses(self) -> list[EndhostAddress]:
-        return [self.address]
-
-
-class FakeControl:
-    def __init__(self, address: EndhostAddress) -> None:
-        self.machine = FakeMachine(address)
-        self.listeners: list[Callable[[], None]] = []
-
-    def on_change(self, listener: Callable[[], None]) -> None:
-        self.listeners.append(listener)
-
-    def move_to(self, address: EndhostAddress) -> None:
-        self.machine.address = address
-        for listener in self.listeners:
-            listener()
-
-
-class FakeSender:
-    def __init__(self, address: EndhostAddress) -> None:
-        self.assigned_addresses = [address]
-        self.sent: list[bytes] = []
-        self.max_packet_size = 1400
-        self.queued = 0
-
-    def send(self, packet: bytes) -> None:
-        self.sent.append(packet)
 
 
 def _plane() -> tuple[Dataplane, GatewayMetrics]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from tests.aio.test_flood import FLOOD_SOURCE, fake_initial
+from tests.aio.test_flood import send_flood
 from tests.gateway._gateway import run_gateway, scion_udp, scrape
 from tests.gateway.test_e2e import FOREIGN, tunnel, udp_sink
 
@@ -17,23 +17,6 @@ def _rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-async def _flood(target: tuple[str, int], count: int) -> None:
-    import os  # noqa: PLC0415
-    import socket  # noqa: PLC0415
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((FLOOD_SOURCE, 0))
-        sock.setblocking(False)
-        for n in range(count):
-            data = os.urandom(1300) if n % 4 == 0 else fake_initial()
-            try:
-                sock.sendto(data, target)
-            except BlockingIOError:
-                await asyncio.sleep(0.001)
-            if n % 16 == 0:
-                await asyncio.sleep(0)
-
-
 async def test_flood_is_refused_counted_and_the_gateway_stays_small(tmp_path: Path) -> None:
     async with udp_sink() as router:
         with run_gateway(
@@ -41,7 +24,7 @@ async def test_flood_is_refused_counted_and_the_gateway_stays_small(tmp_path: Pa
         ) as gw:
             async with tunnel(gw) as (sender, _, me, _):
                 before = _rss_kib(gw.proc.pid)
-                await _flood(gw.listen, 20000)
+                await send_flood(gw.listen, 20000)
                 # A new, legitimate setup from another source works right after the flood.
                 async with tunnel(gw) as (_, _, other, _):
                     assert other != me

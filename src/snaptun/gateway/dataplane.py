@@ -204,7 +204,7 @@ class Dataplane:
         port.address = address
         port.key = key
         port.gateway = self._gateway_for(address)
-        self._route(port)
+        self._tunnels[key] = port  # checked above, before the old route was given up
 
     def _route(self, port: TunnelPort) -> None:
         if self._tunnels.get(port.key, port) is not port:
