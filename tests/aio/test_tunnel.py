@@ -38,8 +38,9 @@ async def test_64_packets_are_echoed_in_order(certs: tuple[Path, Path]) -> None:
         echoed = [await asyncio.wait_for(receiver.receive(), 5) for _ in packets]
         assert echoed == packets
         assert control.assigned_addresses[0].isd_as == ISD_AS
-        sent = harness.metrics.datagrams_sent_total._value.get()
-        received = harness.metrics.datagrams_received_total._value.get()
+        registry = harness.metrics.registry  # as a scrape sees them
+        sent = registry.get_sample_value("snaptun_datagrams_sent_total")
+        received = registry.get_sample_value("snaptun_datagrams_received_total")
         assert (sent, received) == (64, 64)
 
 

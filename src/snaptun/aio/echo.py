@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from snaptun.aio.quic import QuicConnection, QuicEndpoint
-from snaptun.aio.server import Receiver, Sender, Server
+from snaptun.aio.server import Sender, Server
 from snaptun.errors import (
     AcceptError,
     ControlError,
@@ -74,7 +74,9 @@ class EchoService:
             self._on_outcome(TunnelOutcome(conn.remote_address, False, exc))
             return
         log.info("tunnel from %s assigned %s", conn.remote_address, sender.assigned_addresses)
-        pump = asyncio.ensure_future(self._pump(sender, receiver))
+        echo = _Echo(sender)
+        with contextlib.suppress(ReceivePacketError):
+            receiver.set_sink(echo.packet if self._echo else _discard)
         error: BaseException | None = None
         try:
             await control.run()
@@ -82,24 +84,34 @@ class EchoService:
             error = exc
             log.info("tunnel from %s ended: %s", conn.remote_address, exc)
         finally:
-            pump.cancel()
-            with contextlib.suppress(BaseException):
-                await pump
+            receiver.set_sink(None)
+        if echo.dropped:
+            log.info("tunnel from %s: %d echoes dropped", conn.remote_address, echo.dropped)
         self._on_outcome(TunnelOutcome(conn.remote_address, True, error))
 
-    async def _pump(self, sender: Sender[Any], receiver: Receiver[Any]) -> None:
-        while True:
-            try:
-                packet = await receiver.receive()
-            except ReceivePacketError:
-                return
-            if not self._echo:
-                continue
-            try:
-                await sender.send_wait(packet)
-            except NewAssignedAddress as change:
-                sender = change.sender
-                with contextlib.suppress(SendPacketError):
-                    await sender.send_wait(change.packet)
-            except SendPacketError as exc:
-                log.debug("echo dropped: %s", exc)
+
+def _discard(packet: bytes) -> None:
+    """The sink of ``--no-echo``."""
+
+
+class _Echo:
+    """Sends each packet back as it arrives (a datagram sink: no task, no await).
+
+    A packet that finds the send queue full is dropped and counted: the queue
+    (``QuicSettings.send_queue``) is far deeper than any sane window.
+    """
+
+    __slots__ = ("_sender", "dropped")
+
+    def __init__(self, sender: Sender[Any]) -> None:
+        self._sender = sender
+        self.dropped = 0
+
+    def packet(self, packet: bytes) -> None:
+        try:
+            self._sender.send(packet)
+        except NewAssignedAddress as change:
+            self._sender = change.sender
+            self.packet(change.packet)
+        except SendPacketError:
+            self.dropped += 1

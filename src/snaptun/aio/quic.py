@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import logging
 import secrets
+import socket
 import ssl
 from collections import deque
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from typing import Any, Final, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from qh3.asyncio._transport import create_optimized_datagram_transport
 from qh3.asyncio.client import connect as _qh3_connect
 from qh3.asyncio.protocol import QuicConnectionProtocol
 from qh3.asyncio.server import QuicServer
@@ -112,10 +114,16 @@ class QuicSettings:
     max_stream_data: int = 65536
     """Per-stream flow-control window: control messages are tiny."""
     path_mtu_discovery: bool = True
+    batched_io: bool = True
+    """Server socket: many packets per system call (recvmmsg/GRO, GSO) where the kernel can."""
+    socket_buffer: int = 4 * 1024 * 1024
+    """Server socket's kernel receive and send buffer, in bytes: absorbs bursts and floods."""
 
     def __post_init__(self) -> None:
         if self.udp_payload_size < 1200:
             raise ValueError("udp_payload_size must be at least 1200 (QUIC's minimum)")
+        if self.socket_buffer < 0:
+            raise ValueError("socket_buffer must be >= 0 (0: the kernel's default)")
         if self.send_queue < 1 or self.send_batch < 1 or self.receive_queue < 1:
             raise ValueError("queue sizes must be positive")
 
@@ -233,6 +241,8 @@ class QuicConnection(QuicConnectionProtocol):
         self._incoming_waiter: asyncio.Future[None] | None = None
         self._datagrams_in: deque[bytes] = deque()
         self._datagram_waiter: asyncio.Future[None] | None = None
+        self._datagram_sink: Callable[[bytes], None] | None = None
+        self._max_datagram: tuple[int, int, int | None] = (0, 0, None)
         self._datagrams_out: deque[bytes] = deque()
         self._room_waiter: asyncio.Future[None] | None = None
         self._flush_handle: asyncio.Handle | None = None
@@ -313,10 +323,17 @@ class QuicConnection(QuicConnectionProtocol):
     def max_datagram_size(self) -> int | None:
         """Largest datagram payload the peer and our packet size allow (None: no DATAGRAM)."""
         peer = self._quic._remote_max_datagram_frame_size
+        cid_length = self._peer_cid_length
+        cached_peer, cached_cid_length, size = self._max_datagram
+        if peer == cached_peer and cid_length == cached_cid_length:
+            return size  # the per-packet case: both inputs change at most once
         if not peer:
-            return None
-        overhead = _DATAGRAM_OVERHEAD + self._peer_cid_length
-        return max(0, min(peer - 3, self.settings.udp_payload_size - overhead))
+            size = None
+        else:
+            overhead = _DATAGRAM_OVERHEAD + cid_length
+            size = max(0, min(peer - 3, self.settings.udp_payload_size - overhead))
+        self._max_datagram = (peer or 0, cid_length, size)
+        return size
 
     def close(self, code: int = 0, reason: str = "") -> None:
         """Close with an application error code and reason phrase the peer sees."""
@@ -396,6 +413,20 @@ class QuicConnection(QuicConnectionProtocol):
             self._check_open()
         self.send_datagram(data)
 
+    def set_datagram_sink(self, sink: Callable[[bytes], None] | None) -> None:
+        """Hand every received datagram to ``sink`` at once instead of queueing it.
+
+        The sink runs inside the UDP receive callback: no task switch and no
+        queue per packet (the gateway's forwarding path). It must not block or
+        raise; while it is set, :meth:`receive_datagram` gets nothing new.
+        Datagrams queued before the sink was set are handed to it first.
+        """
+        self._datagram_sink = sink
+        if sink is not None:
+            queued = self._datagrams_in
+            while queued:
+                sink(queued.popleft())
+
     async def receive_datagram(self) -> bytes:
         """The next datagram from the peer; raises :class:`ConnectionLost` when closed."""
         while not self._datagrams_in:
@@ -431,6 +462,10 @@ class QuicConnection(QuicConnectionProtocol):
 
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, DatagramFrameReceived):
+            sink = self._datagram_sink
+            if sink is not None:
+                sink(event.data)
+                return
             if len(self._datagrams_in) >= self.settings.receive_queue:
                 self._datagrams_in.popleft()
                 self.datagrams_dropped_rx += 1
@@ -603,6 +638,25 @@ class _GuardedServer(QuicServer):
                 self.gate.completed(str(addr[0]))  # a Retry makes no state: no token spent
         super().datagram_received(data, addr)
 
+    def datagrams_received(self, data: list[bytes], addr: Any) -> None:
+        """A batch from one source (recvmmsg/GRO): runs of one connection go to qh3 at once."""
+        protocols = self._protocols
+        run: list[bytes] = []
+        owner: QuicConnectionProtocol | None = None
+        for packet in data:
+            protocol = protocols.get(self._destination_cid(packet))  # type: ignore[arg-type]
+            if protocol is not owner or protocol is None:
+                if run:
+                    _deliver(owner, run, addr)
+                    run = []
+                owner = protocol
+            if protocol is None:
+                self.datagram_received(packet, addr)  # a new connection: through the gate
+            else:
+                run.append(packet)
+        if run:
+            _deliver(owner, run, addr)
+
     def _token_ok(self, data: bytes, addr: Any, now: float) -> bool:
         """False for an Initial whose token is not a valid Retry token of ours for it."""
         if not looks_like_initial(data):
@@ -639,6 +693,42 @@ class _GuardedServer(QuicServer):
         )
         self._logged_at = now
         self._logged_refusals = total
+
+
+def _deliver(protocol: QuicConnectionProtocol | None, packets: list[bytes], addr: Any) -> None:
+    assert protocol is not None
+    if len(packets) == 1:
+        protocol.datagram_received(packets[0], addr)
+    else:
+        protocol.datagrams_received(packets, addr)
+
+
+def _server_socket(host: str, port: int, buffer: int) -> socket.socket:
+    """A bound, non-blocking UDP socket with ``buffer`` bytes of kernel buffers each way."""
+    family, kind, proto, _, sockaddr = socket.getaddrinfo(
+        host, port, type=socket.SOCK_DGRAM, flags=socket.AI_NUMERICHOST | socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        if buffer:
+            for force, plain in (
+                (_SO_RCVBUFFORCE, socket.SO_RCVBUF),
+                (_SO_SNDBUFFORCE, socket.SO_SNDBUF),
+            ):
+                try:  # beyond net.core.rmem_max only with CAP_NET_ADMIN
+                    sock.setsockopt(socket.SOL_SOCKET, force, buffer)
+                except OSError:
+                    sock.setsockopt(socket.SOL_SOCKET, plain, buffer)
+        sock.bind(sockaddr)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+_SO_RCVBUFFORCE: Final = getattr(socket, "SO_RCVBUFFORCE", 33)
+_SO_SNDBUFFORCE: Final = getattr(socket, "SO_SNDBUFFORCE", 32)
 
 
 class QuicEndpoint:
@@ -760,14 +850,18 @@ async def listen(
         endpoint._on_connection(conn)
         return conn
 
-    loop = asyncio.get_running_loop()
-    _, server = await loop.create_datagram_endpoint(
-        lambda: _GuardedServer(
+    def create_server() -> _GuardedServer:
+        return _GuardedServer(
             gate=endpoint.gate, configuration=config, create_protocol=create_protocol
-        ),
-        local_addr=(host, port),
-    )
-    endpoint._server = server
+        )
+
+    loop = asyncio.get_running_loop()
+    sock = _server_socket(host, port, settings.socket_buffer)
+    if settings.batched_io:
+        _, server = await create_optimized_datagram_transport(loop, create_server, sock)
+    else:
+        _, server = await loop.create_datagram_endpoint(create_server, sock=sock)
+    endpoint._server = cast(_GuardedServer, server)
     return endpoint
 
 

@@ -231,7 +231,6 @@ class Sender(Generic[TokenT]):
         self._version = version
         self._closed = False
         self._addresses = machine.addresses()
-        self._sent = metrics.datagrams_sent_total
         self._metrics = metrics
 
     @property
@@ -252,7 +251,7 @@ class Sender(Generic[TokenT]):
         except ConnectionLost:
             self._closed = True
             raise SendConnectionClosed from None
-        self._sent.inc()
+        self._metrics.sent += 1
 
     async def send_wait(self, packet: bytes) -> None:
         """Send, waiting for room in the send queue."""
@@ -262,7 +261,7 @@ class Sender(Generic[TokenT]):
         except ConnectionLost:
             self._closed = True
             raise SendConnectionClosed from None
-        self._sent.inc()
+        self._metrics.sent += 1
 
     @property
     def max_packet_size(self) -> int | None:
@@ -303,7 +302,7 @@ class Receiver(Generic[TokenT]):
     ) -> None:
         self._conn = conn
         self._machine = machine
-        self._received = metrics.datagrams_received_total
+        self._metrics = metrics
 
     async def receive(self) -> bytes:
         """The next packet; raises once the tunnel or the connection is closed."""
@@ -315,8 +314,30 @@ class Receiver(Generic[TokenT]):
             if self._machine.is_closed or not exc.by_peer:
                 raise ReceiveConnectionClosed from None
             raise ReceiveConnectionError(exc) from None
-        self._received.inc()
+        self._metrics.received += 1
         return packet
+
+    def set_sink(self, sink: Callable[[bytes], None] | None) -> None:
+        """Deliver each packet to ``sink`` as it arrives, instead of through :meth:`receive`.
+
+        For a forwarding path: ``sink`` runs synchronously in the QUIC
+        layer's receive callback (no task switch, no queue per packet), must
+        neither block nor raise, and is not called once the connection is
+        gone. ``None`` returns to :meth:`receive`. Packets handed to a sink
+        are counted in ``datagrams_received`` as :meth:`receive`'s are.
+        """
+        if sink is None:
+            self._conn.set_datagram_sink(None)
+            return
+        if self._machine.is_closed:
+            raise ReceiveConnectionClosed
+        metrics = self._metrics
+
+        def counted(packet: bytes) -> None:
+            metrics.received += 1
+            sink(packet)
+
+        self._conn.set_datagram_sink(counted)
 
 
 class Control(Generic[TokenT]):
