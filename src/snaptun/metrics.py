@@ -53,6 +53,9 @@ class _Collector(Collector):
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
 
+    def describe(self) -> Iterator[Metric]:
+        return self.collect()  # the names, so that a registry refuses a second set
+
     def collect(self) -> Iterator[Metric]:
         yield CounterMetricFamily(
             "snaptun_datagrams_sent", "Datagrams sent to snaptun clients.", self._metrics.sent

@@ -86,6 +86,14 @@ def test_flags(tmp_path: Path) -> None:
         "--mtu=1300",
         "--tunnel-queue=8",
         "--underlay-queue=9",
+        "--max-half-open=10",
+        "--source-rate=2.5",
+        "--source-burst=11",
+        "--handshake-timeout=0.5",
+        "--retry=ALWAYS",
+        "--scmp-rate=0",
+        "--scmp-burst=12",
+        "--socket-buffer=65536",
         "--log-level=DEBUG",
     )
     cwd = Path.cwd()
@@ -106,6 +114,14 @@ def test_flags(tmp_path: Path) -> None:
         mtu=1300,
         tunnel_queue=8,
         underlay_queue=9,
+        max_half_open=10,
+        source_rate=2.5,
+        source_burst=11,
+        handshake_timeout=0.5,
+        retry="always",
+        scmp_rate=0.0,
+        scmp_burst=12,
+        socket_buffer=65536,
         log_level="debug",
     )
 
@@ -203,6 +219,8 @@ def test_config_error_is_value_error_and_snaptun_error() -> None:
         (["--tunnel-queue=0"], {}, "tunnel_queue", "flag", "--tunnel-queue"),
         ([], {"SNAPTUN_UNDERLAY_QUEUE": "x"}, "underlay_queue", "env", "SNAPTUN_UNDERLAY_QUEUE"),
         (["--log-level=loud"], {}, "log_level", "flag", "--log-level"),
+        (["--socket-buffer=-1"], {}, "socket_buffer", "flag", "--socket-buffer"),
+        ([], {"SNAPTUN_SOCKET_BUFFER": "4M"}, "socket_buffer", "env", "SNAPTUN_SOCKET_BUFFER"),
         (["--metrics=on"], {}, "metrics", "flag", "--metrics"),
         (["--gateway-address=10.0.0"], {}, "gateway_addresses", "flag", "--gateway-address"),
         (["--cert=c.pem"], {}, "cert", "flag", "--cert"),
@@ -328,6 +346,14 @@ def test_render_toml_round_trip_everything_set(tmp_path: Path) -> None:
         mtu=1200,
         tunnel_queue=2,
         underlay_queue=5,
+        max_half_open=6,
+        source_rate=0.5,
+        source_burst=7,
+        handshake_timeout=2.0,
+        retry="never",
+        scmp_rate=3.0,
+        scmp_burst=4,
+        socket_buffer=0,
         log_level="error",
     )
     file = write(tmp_path / "out.toml", render_toml(config))

@@ -104,6 +104,7 @@ class GatewayConfig:
     mtu: int = 1452
     tunnel_queue: int = 1024  # datagrams per tunnel towards the client
     underlay_queue: int = 4096  # datagrams towards the underlay socket
+    socket_buffer: int = 4 * 1024 * 1024  # kernel buffer of the QUIC socket, bytes
     max_half_open: int = 256  # QUIC connections in their handshake at once
     source_rate: float = 20.0  # new connections per second per source address (IPv6: /64)
     source_burst: int = 50  # new connections a source may open at once
@@ -139,6 +140,7 @@ def _problems(config: GatewayConfig) -> Iterator[tuple[str, str]]:
         ("mtu", config.mtu, 1200, 65527),
         ("tunnel_queue", config.tunnel_queue, 1, 1 << 20),
         ("underlay_queue", config.underlay_queue, 1, 1 << 20),
+        ("socket_buffer", config.socket_buffer, 0, 1 << 30),
         ("scmp_burst", config.scmp_burst, 1, 1 << 20),
         ("max_half_open", config.max_half_open, 1, 1 << 20),
         ("source_burst", config.source_burst, 1, 1 << 20),
@@ -336,6 +338,13 @@ _OPTIONS: Final = (
         "scmp_rate", "--scmp-rate", "N", "SCMP error answers per second per tunnel (10)", _float
     ),
     _Option("scmp_burst", "--scmp-burst", "N", "SCMP error answers at once per tunnel (20)", _int),
+    _Option(
+        "socket_buffer",
+        "--socket-buffer",
+        "BYTES",
+        "kernel receive/send buffer of the QUIC socket; 0: the system's (4194304)",
+        _int,
+    ),
     _Option(
         "retry",
         "--retry",

@@ -10,27 +10,38 @@
 * From the underlay: a packet goes into the tunnel whose address is its
   destination; unparsable packets and unknown destinations are dropped.
 
+The decision is :class:`~snaptun.scion.forwarding.RouteTable`'s sans-I/O
+forwarding step (one header parse per packet giving both the policy verdict
+and the route); this module only does what the decision says and counts it
+in :class:`~snaptun.gateway.metrics.ForwardingCounters` (plain integers).
+
 Invariant: an address is routed to, and accepted as source from, at most one
 tunnel. :meth:`Dataplane.attach` refuses an address that is routed already
 (:class:`RouteConflict`, a defect: the server's newest-wins registry closes
 and detaches the older tunnel before the newer one is attached), and a packet
 from a tunnel that is no longer attached is dropped (``tunnel_detached``).
 
-No task per packet: one receive loop per tunnel, and the underlay socket's
-protocol callback. Every queue is bounded (the tunnel's QUIC send queue, the
-underlay transport's write buffer); a full queue drops and counts.
+No task and no queue per packet: each tunnel's datagrams come through its
+receive sink (:meth:`~snaptun.aio.server.Receiver.set_sink`, set by
+:meth:`Dataplane.attach`, cleared by :meth:`Dataplane.release`) straight from
+the QUIC receive callback, and the underlay's through
+:class:`~snaptun.aio.udp.UdpSocket`'s readiness callback, a burst at a time.
+Packets to the underlay produced in one round of the event loop leave
+together (one ``sendmsg`` with GSO where the kernel has it). Every queue is
+bounded (the tunnel's QUIC send queue, the underlay socket's queue of
+``underlay_queue_bytes``); a full queue drops and counts.
 """
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Final, Protocol, cast
+from typing import Any
 
 from snaptun.aio.server import Control, Receiver, Sender
+from snaptun.aio.udp import Mode, UdpSocket, open_udp
 from snaptun.core.addressing import EndhostAddress, IPAddress
 from snaptun.core.ratelimit import TokenBucket
 from snaptun.errors import (
@@ -41,74 +52,55 @@ from snaptun.errors import (
     SendBufferFull,
     SendPacketError,
 )
-from snaptun.gateway.metrics import GatewayMetrics
+from snaptun.gateway.metrics import (
+    TUNNEL_TO_TUNNEL,
+    TUNNEL_TO_UNDERLAY,
+    UNDERLAY_TO_TUNNEL,
+    GatewayMetrics,
+)
 from snaptun.scion import (
     MAX_SCMP_ERROR_PACKET,
     build_parameter_problem,
     check_tunnel_packet,
     may_answer_with_scmp_error,
 )
+from snaptun.scion.forwarding import (
+    Route,
+    RouteConflict,
+    RouteTable,
+    Verdict,
+    address_key,
+    route_key,
+)
 
-__all__ = ["Dataplane", "RouteConflict", "TunnelPort", "route_key"]
+__all__ = ["Dataplane", "RouteConflict", "TunnelPort", "address_key", "route_key"]
 
 log = logging.getLogger(__name__)
 
-_DST_ISD_AS: Final = slice(12, 20)
-_DST_HOST_AT: Final = 28
-_HOST_LENGTHS: Final = {0b0000: 4, 0b0011: 16}  # DT/DL of IPv4 and IPv6 hosts
+_UNDERLAY = Verdict.UNDERLAY
+_DETACHED = Verdict.DETACHED
 
 
-def route_key(packet: bytes) -> bytes | None:
-    """Destination ISD-AS and IP host bytes of a SCION packet, or None if not an IP host."""
-    if len(packet) < _DST_HOST_AT:
-        return None
-    length = _HOST_LENGTHS.get(packet[9] >> 4)
-    if length is None or len(packet) < _DST_HOST_AT + length:
-        return None
-    return packet[_DST_ISD_AS] + packet[_DST_HOST_AT : _DST_HOST_AT + length]
+class TunnelPort(Route):
+    """One tunnel as the data plane sees it: its route, plus how to reach and answer it."""
 
+    __slots__ = ("gateway", "receiver", "scmp", "sender")
 
-def address_key(address: EndhostAddress) -> bytes:
-    """The :func:`route_key` of packets addressed to ``address``."""
-    return address.isd_as.to_int().to_bytes(8, "big") + address.ip.packed
-
-
-class RouteConflict(RuntimeError):
-    """An address would be routed to two tunnels at once (a defect, never peer input)."""
-
-
-class _BufferedTransport(Protocol):
-    """What asyncio's UDP transport offers beyond typeshed's DatagramTransport."""
-
-    def get_write_buffer_size(self) -> int: ...
-    def sendto(self, data: bytes, addr: tuple[str, int]) -> None: ...
-    def is_closing(self) -> bool: ...
-    def close(self) -> None: ...
-    def get_extra_info(self, name: str) -> Any: ...
-
-
-@dataclass(eq=False, slots=True)
-class TunnelPort:
-    """One tunnel as the data plane sees it."""
-
-    sender: Sender[Any]
-    address: EndhostAddress
-    key: bytes
-    gateway: EndhostAddress | None
-    """The gateway's own address in the client's ISD-AS and IP family (SCMP source)."""
-    scmp: TokenBucket
-    """Bounds the SCMP error answers this tunnel can make the gateway build."""
-
-
-class _Underlay(asyncio.DatagramProtocol):
-    def __init__(self, plane: Dataplane) -> None:
-        self._plane = plane
-
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        self._plane.from_underlay(data)
-
-    def error_received(self, exc: Exception) -> None:
-        log.warning("underlay socket error: %s", exc)
+    def __init__(
+        self,
+        sender: Sender[Any],
+        address: EndhostAddress,
+        gateway: EndhostAddress | None,
+        scmp: TokenBucket,
+    ) -> None:
+        super().__init__(address)
+        self.sender = sender
+        self.gateway = gateway
+        """The gateway's own address in the client's ISD-AS and IP family (SCMP source)."""
+        self.scmp = scmp
+        """Bounds the SCMP error answers this tunnel can make the gateway build."""
+        self.receiver: Receiver[Any] | None = None
+        """Whose sink feeds this port, until :meth:`Dataplane.release`."""
 
 
 class Dataplane:
@@ -124,21 +116,19 @@ class Dataplane:
         scmp_rate: float = 10.0,
         scmp_burst: int = 20,
         clock: Callable[[], float] = time.monotonic,
+        underlay_mode: Mode = "auto",
     ) -> None:
         self._scmp_rate = scmp_rate
         self._scmp_burst = scmp_burst
         self._clock = clock
         self._metrics = metrics
+        self._counters = metrics.forwarding
         self._gateway_addresses = list(gateway_addresses)
         self._next_hop = next_hop
         self._underlay_limit = underlay_queue_bytes
-        self._tunnels: dict[bytes, TunnelPort] = {}
-        self._transport: _BufferedTransport | None = None
-        packets, octets = metrics.packets, metrics.bytes
-        self._count = {
-            d: (packets.labels(d).inc, octets.labels(d).inc)
-            for d in ("tunnel_to_underlay", "underlay_to_tunnel", "tunnel_to_tunnel")
-        }
+        self._underlay_mode: Mode = underlay_mode
+        self._routes: RouteTable[TunnelPort] = RouteTable()
+        self._udp: UdpSocket | None = None
         metrics.watch_queue("underlay", self.underlay_queue_bytes)
         metrics.watch_queue("tunnels", self.tunnel_queue_depth)
 
@@ -146,49 +136,75 @@ class Dataplane:
 
     async def open_underlay(self, bind: tuple[str, int]) -> tuple[str, int]:
         """Bind the UDP socket facing the SCION network; returns the bound address."""
-        loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(lambda: _Underlay(self), local_addr=bind)
-        self._transport = cast(_BufferedTransport, transport)
+        self._udp = await open_udp(
+            bind,
+            self.from_underlay,
+            mode=self._underlay_mode,
+            queue_bytes=self._underlay_limit,
+            on_error=_log_underlay_error,
+        )
         return self.underlay_address
 
     @property
     def underlay_address(self) -> tuple[str, int]:
         """Where the underlay socket is bound."""
-        assert self._transport is not None
-        host, port = self._transport.get_extra_info("sockname")[:2]
+        assert self._udp is not None
+        host, port = self._udp.local_address[:2]
         return str(host), int(port)
 
+    @property
+    def underlay(self) -> UdpSocket | None:
+        """The underlay socket, once open (its mode, GSO/GRO and counters)."""
+        return self._udp
+
     def underlay_queue_bytes(self) -> int:
-        """Bytes waiting in the underlay transport."""
-        return self._transport.get_write_buffer_size() if self._transport is not None else 0
+        """Bytes waiting for the underlay socket."""
+        return self._udp.queued_bytes if self._udp is not None else 0
 
     def tunnel_queue_depth(self) -> int:
         """Packets waiting in all tunnels' send queues."""
-        return sum(port.sender.queued for port in set(self._tunnels.values()))
+        return sum(port.sender.queued for port in self._routes)
 
     def close(self) -> None:
         """Close the underlay socket."""
-        if self._transport is not None:
-            self._transport.close()
+        if self._udp is not None:
+            self._udp.close()
 
     # ---- tunnels ----------------------------------------------------------------------------
 
-    def attach(self, sender: Sender[Any], control: Control[Any]) -> TunnelPort:
+    def attach(
+        self, sender: Sender[Any], control: Control[Any], receiver: Receiver[Any] | None = None
+    ) -> TunnelPort:
         """Route the tunnel's assigned address to it; follows later re-assignments.
 
-        Raises :class:`RouteConflict` if the address is routed to another tunnel.
+        With ``receiver``, the tunnel's packets are fed in through its sink from
+        now until :meth:`release`. Raises :class:`RouteConflict` if the address is
+        routed to another tunnel.
         """
         address = sender.assigned_addresses[0]
         bucket = TokenBucket(self._scmp_rate, self._scmp_burst, self._clock())
-        port = TunnelPort(sender, address, address_key(address), self._gateway_for(address), bucket)
-        self._route(port)
+        port = TunnelPort(sender, address, self._gateway_for(address), bucket)
+        self._routes.add(port)
         control.on_change(lambda: self._follow(port, control))
+        if receiver is not None:
+            try:
+                receiver.set_sink(functools.partial(self.from_tunnel, port))
+            except ReceivePacketError:
+                pass  # closed already: nothing more will arrive
+            else:
+                port.receiver = receiver
         return port
 
     def detach(self, port: TunnelPort) -> None:
-        """Forget a tunnel (its connection is gone)."""
-        if self._tunnels.get(port.key) is port:
-            del self._tunnels[port.key]
+        """Forget a tunnel's route (replaced or closed); its packets are dropped from now on."""
+        self._routes.remove(port)
+
+    def release(self, port: TunnelPort) -> None:
+        """The tunnel ended: stop feeding its packets in, and forget its route."""
+        receiver, port.receiver = port.receiver, None
+        if receiver is not None:
+            receiver.set_sink(None)
+        self.detach(port)
 
     def _follow(self, port: TunnelPort, control: Control[Any]) -> None:
         try:
@@ -197,19 +213,8 @@ class Dataplane:
             return
         if address == port.address:
             return
-        key = address_key(address)
-        if self._tunnels.get(key, port) is not port:
-            raise RouteConflict(f"{address} is routed to another tunnel already")
-        self.detach(port)
-        port.address = address
-        port.key = key
+        self._routes.readdress(port, address)  # RouteConflict leaves the route as it was
         port.gateway = self._gateway_for(address)
-        self._tunnels[key] = port  # checked above, before the old route was given up
-
-    def _route(self, port: TunnelPort) -> None:
-        if self._tunnels.get(port.key, port) is not port:
-            raise RouteConflict(f"{port.address} is routed to another tunnel already")
-        self._tunnels[port.key] = port
 
     def _gateway_for(self, client: EndhostAddress) -> EndhostAddress | None:
         for ip in self._gateway_addresses:
@@ -217,54 +222,41 @@ class Dataplane:
                 return EndhostAddress(client.isd_as, ip)
         return None
 
-    async def pump(self, port: TunnelPort, receiver: Receiver[Any]) -> None:
-        """Move the tunnel's packets into the data plane until the tunnel ends."""
-        try:
-            while True:
-                self.from_tunnel(port, await receiver.receive())
-        except ReceivePacketError:
-            return
-        finally:
-            self.detach(port)
-
     # ---- forwarding -------------------------------------------------------------------------
 
     def from_tunnel(self, port: TunnelPort, packet: bytes) -> None:
-        """Police and forward one packet a client sent."""
-        if self._tunnels.get(port.key) is not port:
-            self._drop("tunnel_detached")  # replaced or closed: its address is not its own
-            return
-        violation = check_tunnel_packet(packet, port.address)
-        if violation is not None:
-            self._drop(violation.reason)
-            self._answer(port, packet, violation.code, violation.pointer)
-            return
-        key = route_key(packet)
-        target = self._tunnels.get(key) if key is not None else None
-        if target is not None:
-            if self._to_tunnel(target, packet):
-                self._counted("tunnel_to_tunnel", packet)
-            return
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            self._drop("underlay_closed")
-        elif transport.get_write_buffer_size() >= self._underlay_limit:
-            self._drop("underlay_queue_full")
+        """Police and forward one packet a client sent (the tunnel's receive sink)."""
+        result = self._routes.from_tunnel(port, packet)
+        if result is _UNDERLAY:
+            udp = self._udp
+            if udp is None or udp.closed:
+                self._metrics.drop("underlay_closed")
+            elif udp.send(packet, self._next_hop):
+                counters = self._counters
+                counters.packets[TUNNEL_TO_UNDERLAY] += 1
+                counters.bytes[TUNNEL_TO_UNDERLAY] += len(packet)
+            else:
+                self._metrics.drop("underlay_queue_full")
+        elif isinstance(result, TunnelPort):
+            if self._to_tunnel(result, packet):
+                counters = self._counters
+                counters.packets[TUNNEL_TO_TUNNEL] += 1
+                counters.bytes[TUNNEL_TO_TUNNEL] += len(packet)
         else:
-            transport.sendto(packet, self._next_hop)
-            self._counted("tunnel_to_underlay", packet)
+            self._metrics.drop(result.reason)
+            if result is not _DETACHED:
+                self._answer(port, packet)
 
-    def from_underlay(self, packet: bytes) -> None:
-        """Deliver one packet from the SCION network to its tunnel."""
-        key = route_key(packet)
-        if key is None:
-            self._drop("underlay_unparsable")
-            return
-        target = self._tunnels.get(key)
-        if target is None:
-            self._drop("unknown_destination")
-        elif self._to_tunnel(target, packet):
-            self._counted("underlay_to_tunnel", packet)
+    def from_underlay(self, packet: bytes, source: object = None) -> None:
+        """Deliver one packet from the SCION network to its tunnel (``source`` unused)."""
+        result = self._routes.from_underlay(packet)
+        if isinstance(result, TunnelPort):
+            if self._to_tunnel(result, packet):
+                counters = self._counters
+                counters.packets[UNDERLAY_TO_TUNNEL] += 1
+                counters.bytes[UNDERLAY_TO_TUNNEL] += len(packet)
+        else:
+            self._metrics.drop(result.reason)
 
     def _to_tunnel(self, port: TunnelPort, packet: bytes) -> bool:
         for _ in range(2):
@@ -274,40 +266,42 @@ class Dataplane:
                 port.sender = change.sender
                 continue
             except SendBufferFull:
-                self._drop("tunnel_queue_full")
+                self._metrics.drop("tunnel_queue_full")
             except DatagramTooLarge:
-                self._drop("too_large_for_tunnel")
+                self._metrics.drop("too_large_for_tunnel")
             except SendPacketError:
-                self._drop("tunnel_closed")
+                self._metrics.drop("tunnel_closed")
             else:
                 return True
             return False
-        self._drop("tunnel_closed")
+        self._metrics.drop("tunnel_closed")
         return False
 
-    def _answer(self, port: TunnelPort, offending: bytes, code: int, pointer: int) -> None:
+    def _answer(self, port: TunnelPort, offending: bytes) -> None:
         if port.gateway is None or not may_answer_with_scmp_error(offending):
             return
         if not port.scmp.take(self._clock()):  # before any work: replies cost CPU
-            self._metrics.scmp_suppressed.inc()
+            self._counters.scmp_suppressed += 1
+            return
+        # The reference check again, for the code and pointer (and only for an answer).
+        violation = check_tunnel_packet(offending, port.address)
+        if violation is None:  # pragma: no cover - the step agrees with the check
             return
         limit = port.sender.max_packet_size or MAX_SCMP_ERROR_PACKET
         reply = build_parameter_problem(
             offending,
-            code,
-            pointer,
+            violation.code,
+            violation.pointer,
             port.gateway,
             port.address,
             min(limit, MAX_SCMP_ERROR_PACKET),
             destination=port.address,  # the tunnel's client, even if it spoofed its source
         )
         if self._to_tunnel(port, reply):
-            self._metrics.scmp_sent.labels(str(code)).inc()
+            sent = self._counters.scmp_sent
+            code = str(violation.code.value)
+            sent[code] = sent.get(code, 0) + 1
 
-    def _counted(self, direction: str, packet: bytes) -> None:
-        count_packet, count_bytes = self._count[direction]
-        count_packet()
-        count_bytes(len(packet))
 
-    def _drop(self, reason: str) -> None:
-        self._metrics.drops.labels(reason).inc()
+def _log_underlay_error(exc: OSError) -> None:
+    log.warning("underlay socket error: %s", exc)

@@ -9,7 +9,6 @@ reason, put every grant on hold, flush the store.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -153,7 +152,9 @@ class Gateway:
             scmp_burst=cfg.scmp_burst,
         )
         underlay = await self._dataplane.open_underlay(cfg.underlay_bind)
-        settings = QuicSettings(udp_payload_size=cfg.mtu, send_queue=cfg.tunnel_queue)
+        settings = QuicSettings(
+            udp_payload_size=cfg.mtu, send_queue=cfg.tunnel_queue, socket_buffer=cfg.socket_buffer
+        )
         admission = AdmissionSettings(
             max_half_open=cfg.max_half_open,
             source_rate=cfg.source_rate,
@@ -253,7 +254,7 @@ class Gateway:
 
     async def _serve_tunnel(self, conn: QuicConnection, remote: str, me: _Live | None) -> None:
         assert self._dataplane is not None
-        conn.on_receive_drop = self.metrics.drops.labels("tunnel_receive_queue_full").inc
+        conn.on_receive_drop = lambda: self.metrics.drop("tunnel_receive_queue_full")
         try:
             sender, receiver, control = await self._server.accept_with_timeout(conn)
         except AcceptError as exc:
@@ -266,7 +267,8 @@ class Gateway:
         self.metrics.setups.labels("accepted", "").inc()
         self.metrics.active_tunnels.inc()
         self.events.emit("accepted", remote=remote, identity=identity, address=str(address))
-        port = self._dataplane.attach(sender, control)
+        # From here the tunnel's packets reach the data plane through the receiver's sink.
+        port = self._dataplane.attach(sender, control, receiver)
         # Newest wins: the route goes the moment a newer tunnel takes the grant over.
         control.machine.on_replaced(lambda: self._dataplane_detach(port))
         state: dict[str, Any] = {"address": address}
@@ -283,7 +285,6 @@ class Gateway:
                 )
 
         control.on_change(changed)
-        pump = asyncio.ensure_future(self._dataplane.pump(port, receiver))
         try:
             await self._drive(
                 conn,
@@ -291,10 +292,7 @@ class Gateway:
                 lambda: {"remote": remote, "identity": identity, "address": str(state["address"])},
             )
         finally:
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
-            self._dataplane.detach(port)
+            self._dataplane.release(port)
             self.metrics.active_tunnels.dec()
 
     async def _drive(
