@@ -51,6 +51,7 @@ from qh3.quic.events import (
 )
 from qh3.tls import SignatureAlgorithm
 
+from snaptun.aio.timers import loop_timers
 from snaptun.constants import (
     ALPN,
     DEFAULT_UDP_PAYLOAD_SIZE,
@@ -246,7 +247,8 @@ class QuicConnection(QuicConnectionProtocol):
         self._datagrams_out: deque[bytes] = deque()
         self._room_waiter: asyncio.Future[None] | None = None
         self._flush_handle: asyncio.Handle | None = None
-        self._keepalive: asyncio.TimerHandle | None = None
+        self._last_heard = 0.0
+        """Loop time of the last packet from the peer (for server keep-alives)."""
         self._ping_uid = 0
         self.datagrams_dropped_rx = 0
         self.on_receive_drop: Callable[[], None] | None = None
@@ -264,13 +266,15 @@ class QuicConnection(QuicConnectionProtocol):
         packet = data if isinstance(data, bytes) else data.encode()
         if not self._peer_cid_known:
             self._learn_peer(packet, addr)
-        self._quic.receive_datagram(packet, addr, now=self._loop_time())
+        self._last_heard = now = self._loop_time()
+        self._quic.receive_datagram(packet, addr, now=now)
         self._after_receive()
 
     def datagrams_received(self, data: list[bytes], addr: Any) -> None:
         if not self._peer_cid_known and data:
             self._learn_peer(data[0], addr)
-        self._quic.receive_many_datagrams(data, addr, now=self._loop_time())
+        self._last_heard = now = self._loop_time()
+        self._quic.receive_many_datagrams(data, addr, now=now)
         self._after_receive()
 
     def _after_receive(self) -> None:
@@ -505,8 +509,7 @@ class QuicConnection(QuicConnectionProtocol):
         if self.closed is not None:
             return
         self.closed = lost
-        if self._keepalive is not None:
-            self._keepalive.cancel()
+        loop_timers(self._loop).cancel(self._send_keepalive)
         for stream in self._streams.values():
             stream._fail(lost)
         for stream in self._incoming:
@@ -528,14 +531,27 @@ class QuicConnection(QuicConnectionProtocol):
                 ConnectionLost(None, f"transmit failed: {exc}", by_peer=False, application=False)
             )
 
-    def _arm_keepalive(self) -> None:
+    def _arm_keepalive(self, delay: float | None = None) -> None:
         interval = self.settings.keep_alive
         if interval:
-            self._keepalive = self._loop.call_later(interval, self._send_keepalive)
+            loop_timers(self._loop).arm(self._send_keepalive, delay or interval)
 
     def _send_keepalive(self) -> None:
+        """Ping the peer: always as a client; as a server only a peer quiet for 1.5 intervals.
+
+        A client that pings keeps both idle timers fresh (the server's ACK
+        restarts the client's), so the server stays quiet for it and 20,000
+        idle tunnels cost half the keep-alive packets; a client that sends
+        nothing (the Rust reference's) is still held by the server's pings.
+        """
         if self.closed is not None:
             return
+        interval = self.settings.keep_alive
+        if not self._quic._is_client and interval:
+            quiet = self._loop.time() - self._last_heard
+            if quiet < 1.5 * interval:
+                self._arm_keepalive(1.5 * interval - quiet)
+                return
         self._ping_uid += 1
         with contextlib.suppress(Exception):
             self._quic.send_ping(self._ping_uid)
