@@ -29,6 +29,7 @@ import math
 import os
 import re
 import selectors
+import signal
 import subprocess
 import sys
 import tempfile
@@ -506,6 +507,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-ref", action="store_true", help="skip the snaptun-ref curve")
     parser.add_argument("--out", type=Path, help="JSON result file")
     args = parser.parse_args(argv)
+    _exit_on_sigterm()
     steps = [int(s) for s in args.steps.split(",")] if args.steps else None
     ref = Path("/nonexistent") if args.no_ref else args.ref
     with tempfile.TemporaryDirectory(prefix="snaptun-capacity-") as tmp:
@@ -516,6 +518,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(text)
     print("\n" + _render(rows(result)), file=sys.stderr)
     return 0 if result["ok"] else 1
+
+
+def _exit_on_sigterm() -> None:
+    """SIGTERM (e.g. from ``timeout``) unwinds like Ctrl-C, so every child process is stopped."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
 if __name__ == "__main__":

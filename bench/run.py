@@ -30,6 +30,7 @@ import importlib
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -286,6 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--no-capacity", action="store_true", help="skip the idle-tunnel capacity run"
     )
     args = parser.parse_args(argv)
+    _exit_on_sigterm()
     ref: Path = args.ref
     if not ref.exists():
         print(f"snaptun-ref not found at {ref}", file=sys.stderr)
@@ -341,6 +343,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\nfailed runs: {', '.join(failed)} (see {out})")
     print(f"\nresults: {out}")
     return 1 if failed else 0
+
+
+def _exit_on_sigterm() -> None:
+    """SIGTERM (e.g. from ``timeout``) unwinds like Ctrl-C, so every child process is stopped."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
 if __name__ == "__main__":
