@@ -44,7 +44,12 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_REF = REPO.parent / "shared" / "bin" / "snaptun-ref"
 TESTDATA = REPO.parent / "shared" / "testdata"
 HOLDER = Path(__file__).resolve().parent / "holder.py"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+if str(REPO) not in sys.path:  # run as a script: make ``bench.*`` importable
+    sys.path.insert(0, str(REPO))
+
+from bench.procs import cpu_seconds  # noqa: E402
+
 START_TIMEOUT = 20.0
 FULL_STEPS = (1000, 5000, 10000, 20000)
 QUICK_STEPS = (1000,)
@@ -100,15 +105,6 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` so far."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def _env() -> dict[str, str]:
