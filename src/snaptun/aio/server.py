@@ -359,7 +359,8 @@ class Control(Generic[TokenT]):
         self._machine = machine
         self._clock = clock
         self._request_timeout = request_timeout
-        self._changed = asyncio.Event()
+        self._waiting: asyncio.Timeout | None = None
+        """The timeout of the wait for the next request stream, while run() waits."""
         self._failure: BaseException | None = None
         self._requests: set[asyncio.Task[None]] = set()
         self._listeners: list[Callable[[], None]] = []
@@ -380,44 +381,53 @@ class Control(Generic[TokenT]):
         return self.run().__await__()
 
     async def run(self) -> None:
-        """Serve requests until the client leaves, the session expires, or a request fails."""
-        accept = asyncio.ensure_future(self._conn.accept_stream())
+        """Serve requests until the client leaves, the session expires, or a request fails.
+
+        An idle tunnel waits here in its caller's task with nothing else: no
+        helper task, event or ``asyncio.wait`` (they cost about 2 KiB per
+        tunnel, docs/BENCHMARKS.md). One timeout bounds the wait for the next
+        request stream by the session expiry; :meth:`_wake` moves it to now
+        when a request, a failure or a replacement changed something, and the
+        loop looks again.
+        """
+        loop = asyncio.get_running_loop()
         try:
             while True:
-                changed = asyncio.ensure_future(self._changed.wait())
-                left = self._machine.seconds_until_expiry(self._clock())
-                timeout = None if left is None else max(left, 0.0)
-                done, _ = await asyncio.wait(
-                    {accept, changed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-                )
-                changed.cancel()
-                self._changed.clear()
                 if self._failure is not None:
                     raise self._failure
-                if accept in done:
-                    stream = self._accepted(accept)
-                    if stream is None:
-                        return
-                    self._start_request(stream)
-                    accept = asyncio.ensure_future(self._conn.accept_stream())
-                elif self._machine.is_expired(self._clock()):
+                if self._machine.is_expired(self._clock()):
                     self._machine.shutdown()
                     self._conn.close(CloseCode.SESSION_EXPIRED, "session expired")
                     raise SessionExpired
+                left = self._machine.seconds_until_expiry(self._clock())
+                when = None if left is None else loop.time() + left
+                try:
+                    async with asyncio.timeout_at(when) as self._waiting:
+                        stream = await self._conn.accept_stream()
+                except TimeoutError:
+                    continue  # the expiry came, or a wake-up: look again
+                except ConnectionLost as exc:
+                    self._machine.shutdown()
+                    if self._failure is not None:  # e.g. replaced: the close was ours
+                        raise self._failure from None
+                    if exc.application or not exc.by_peer:
+                        return
+                    raise ClosedPrematurely(exc) from None
+                finally:
+                    self._waiting = None
+                if self._failure is not None:
+                    raise self._failure
+                self._start_request(stream)
         finally:
-            accept.cancel()
             for task in self._requests:
                 task.cancel()
             self._machine.shutdown()
 
-    def _accepted(self, accept: asyncio.Future[QuicStream]) -> QuicStream | None:
-        try:
-            return accept.result()
-        except ConnectionLost as exc:
-            self._machine.shutdown()
-            if exc.application or not exc.by_peer:
-                return None
-            raise ClosedPrematurely(exc) from None
+    def _wake(self) -> None:
+        """Make :meth:`run` look again at failure and expiry (from any task or callback)."""
+        waiting = self._waiting
+        if waiting is not None and not waiting.expired():
+            waiting.reschedule(-1.0)  # in the past: expires on the next loop iteration
 
     def _start_request(self, stream: QuicStream) -> None:
         if len(self._requests) >= MAX_CONCURRENT_REQUESTS:
@@ -431,7 +441,7 @@ class Control(Generic[TokenT]):
     def _replaced(self) -> None:
         if self._failure is None:
             self._failure = TunnelReplaced()
-        self._changed.set()
+        self._wake()
 
     async def _serve(self, stream: QuicStream) -> None:
         try:
@@ -457,7 +467,7 @@ class Control(Generic[TokenT]):
             return
         response = self._machine.process_control_request(self._clock(), request)
         self.requests_served += 1
-        self._changed.set()  # the expiry may have moved
+        self._wake()  # the expiry may have moved
         if response.ok:
             for listener in self._listeners:
                 listener()
@@ -473,4 +483,4 @@ class Control(Generic[TokenT]):
         self._conn.close(code, reason)
         if self._failure is None:
             self._failure = error
-        self._changed.set()
+        self._wake()

@@ -122,14 +122,20 @@ class TimerWheel(Generic[K]):
         span = min(target - self._done, len(slots))
         fired: list[K] = []
         for tick in range(self._done + 1, self._done + span + 1):
-            slot = slots[tick % len(slots)]
+            index = tick % len(slots)
+            slot = slots[index]
             if not slot:
                 continue
             due = [key for key in slot if ticks[key] <= target]
             for key in due:
-                slot.discard(key)
                 del ticks[key]
             fired.extend(due)
+            if len(due) == len(slot):
+                # A fresh set: a set keeps the table a burst grew, and with every
+                # slot used once per round that was ~1 KiB per key in all.
+                slots[index] = set()
+            else:
+                slot.difference_update(due)
         self._done = target
         return fired
 
