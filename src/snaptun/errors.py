@@ -59,12 +59,11 @@ misuse raises ``TypeError``/``ValueError`` as usual.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Generic, TypeVar
 
 from snaptun.constants import REPLACED_REASON, CloseCode
 
-if TYPE_CHECKING:
-    from snaptun.aio.server import Sender
+_SenderT = TypeVar("_SenderT")
 
 
 class SnaptunError(Exception):
@@ -307,10 +306,14 @@ class SendConnectionClosed(SendPacketError):
         super().__init__("connection closed")
 
 
-class NewAssignedAddress(SendPacketError):
-    """The tunnel's address changed: use ``sender`` from now on and resend ``packet``."""
+class NewAssignedAddress(SendPacketError, Generic[_SenderT]):
+    """The tunnel's address changed: use ``sender`` from now on and resend ``packet``.
 
-    def __init__(self, sender: Sender[Any], packet: bytes) -> None:
+    Generic in the sender's type (``snaptun.aio.server.Sender`` raises it with
+    itself), so that this module imports nothing above it.
+    """
+
+    def __init__(self, sender: _SenderT, packet: bytes) -> None:
         self.sender = sender
         self.packet = packet
         super().__init__("address was re-assigned")

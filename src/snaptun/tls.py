@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import ipaddress
 from pathlib import Path
 
@@ -70,3 +71,9 @@ def write_self_signed(cert_path: Path, key_path: Path, **kwargs: object) -> None
     key_path.chmod(0o600)
     key_path.write_bytes(key_pem)
     cert_path.write_bytes(cert_pem)
+
+
+def fingerprint_of(cert_pem: bytes) -> str:
+    """SHA-256 fingerprint (hex) of the first certificate in ``cert_pem`` (its DER form)."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()

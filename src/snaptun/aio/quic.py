@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import secrets
 import socket
@@ -32,7 +31,6 @@ from pathlib import Path
 from typing import Any, Final, cast
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 from qh3.asyncio._transport import create_optimized_datagram_transport
 from qh3.asyncio.client import connect as _qh3_connect
 from qh3.asyncio.protocol import QuicConnectionProtocol
@@ -73,6 +71,7 @@ from snaptun.errors import (
     DatagramTooLarge,
     SendBufferFull,
 )
+from snaptun.tls import fingerprint_of  # re-exported: part of this module's API
 
 __all__ = [
     "QuicConnection",
@@ -577,12 +576,6 @@ def _base_configuration(settings: QuicSettings, *, is_client: bool) -> QuicConfi
         max_stream_data=settings.max_stream_data,
         probe_datagram_size=settings.path_mtu_discovery,
     )
-
-
-def fingerprint_of(cert_pem: bytes) -> str:
-    """SHA-256 fingerprint (hex) of the first certificate in ``cert_pem``."""
-    cert = x509.load_pem_x509_certificate(cert_pem)
-    return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
 
 
 HANDSHAKE_TIMEOUT: Final = 5.0

@@ -26,10 +26,10 @@ from typing import Any, Final, Literal, cast
 
 import tomli_w
 
-from snaptun.cli._common import format_socket_address, parse_socket_address
 from snaptun.core.addressing import IPAddress, IPNetwork, IsdAs
 from snaptun.errors import SnaptunError
 from snaptun.gateway.state_dir import default_state_dir
+from snaptun.netaddr import format_socket_address, parse_socket_address
 
 __all__ = [
     "CONFIG_ENV",

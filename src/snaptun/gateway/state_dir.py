@@ -31,7 +31,6 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
-from snaptun.aio.quic import fingerprint_of
 from snaptun.core.tokens import (
     generate_signing_key,
     load_private_key,
@@ -41,7 +40,7 @@ from snaptun.core.tokens import (
 )
 from snaptun.errors import SnaptunError
 from snaptun.gateway.store import GrantStoreError
-from snaptun.tls import write_self_signed
+from snaptun.tls import fingerprint_of, write_self_signed
 
 __all__ = [
     "StateDirInUse",
