@@ -1,11 +1,17 @@
 """The exception hierarchy of snaptun.
 
-Every error the package raises derives from :class:`SnaptunError`. The tree
-mirrors the error enums of the reference crate ``snap-tun`` 0.1.0, one class
-per enum and one subclass per case::
+Every error the package raises derives from :class:`SnaptunError`, and every
+exception class of the package appears in this tree (``tests/test_errors.py``
+checks both, parents included). Most mirror the error enums of the reference
+crate ``snap-tun`` 0.1.0, one class per enum and one subclass per case; the
+others are named with their module. A class that must also be a builtin
+exception says so in brackets. Private classes that never leave their module
+(``_Reject``, ``_Failure``, ``_Transient``) derive from the base too but are
+not drawn::
 
     SnaptunError
     ├── ConnectionLost                  the QUIC connection ended (code, reason, by_peer, ...)
+    ├── QuicStreamReset                 [ConnectionError] the peer reset a stream (aio.quic)
     ├── AcceptError
     │   ├── AcceptTimeout               setup not finished within ACCEPT_TIMEOUT
     │   ├── AcceptConnectionError       the connection failed during setup
@@ -16,6 +22,7 @@ per enum and one subclass per case::
     │   └── UnexpectedControlRequest    wrong request, or a non-2xx answer, during setup
     ├── AddressAssignmentError
     │   └── NoAddressAssigned
+    ├── InvalidTransition               an event the tunnel's state does not allow (core.state)
     ├── ControlError                    what a server Control ends with
     │   ├── ControlParseError           (.cause: ParseControlRequestError)
     │   ├── ControlSendError            (.cause: SendControlResponseError)
@@ -46,12 +53,26 @@ per enum and one subclass per case::
     ├── AddressAllocationError          the allocator refused a request
     │   ├── NoAddressesAvailable
     │   ├── AddressUnavailable          the asked address is granted or held elsewhere
-    │   └── UnsupportedIsdAs            neither the allocator's ISD-AS nor a wildcard
-    ├── ScionDecodeError                a SCION packet does not parse (snaptun.scion)
+    │   ├── UnsupportedIsdAs            neither the allocator's ISD-AS nor a wildcard
+    │   └── GrantNotStored              a grant that could not be written (gateway.store)
+    ├── MessageDecodeError              [ValueError] a protobuf message is malformed (core.messages)
+    ├── InvalidAddressRange             [ValueError] an address range is not valid (core.messages)
+    ├── ScionDecodeError                [ValueError] a SCION packet does not parse (snaptun.scion)
+    ├── RouteConflict                   [RuntimeError] an address routed twice (scion.forwarding)
+    ├── ConfigError                     [ValueError] a setting of `snaptun serve` (gateway.config)
+    ├── StateError                      the state directory is unusable (gateway.state_dir)
+    │   ├── StateFileError              a state file is unreadable or damaged
+    │   └── StateDirInUse               another gateway holds the directory's lock
+    ├── GrantStoreError                 the grant database failed (gateway.store)
     └── ClientError                     what the client side raises
         ├── ControlResponseError        a non-2xx answer (.status, .body)
         ├── MalformedResponse           an answer that is not the protocol's
-        └── RenewalFailed               automatic renewal gave up after its retries
+        ├── RenewalFailed               automatic renewal gave up after its retries
+        ├── TokenSourceError            the token file could not be read (aio.bridge)
+        └── BridgeError                 the bridge gave up (.cause; aio.bridge)
+            ├── TunnelRefused           a refusal that retrying will not change
+            ├── TunnelReplacedError     a newer tunnel of the identity took over
+            └── ReconnectsExhausted     max_reconnects attempts in a row failed
 
 Peer violations on the server become close codes on the wire; the caller's own
 misuse raises ``TypeError``/``ValueError`` as usual.

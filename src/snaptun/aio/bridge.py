@@ -62,6 +62,7 @@ from snaptun.errors import (
     SendBufferFull,
     SendConnectionClosed,
     SendPacketError,
+    SnaptunError,
 )
 
 __all__ = [
@@ -270,7 +271,7 @@ class TunnelConnected:
         }
 
 
-class _Transient(Exception):
+class _Transient(SnaptunError):
     """A connection attempt failed in a way worth retrying."""
 
     def __init__(self, cause: BaseException) -> None:

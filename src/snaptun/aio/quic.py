@@ -70,6 +70,7 @@ from snaptun.errors import (
     DatagramsUnsupported,
     DatagramTooLarge,
     SendBufferFull,
+    SnaptunError,
 )
 from snaptun.tls import fingerprint_of  # re-exported: part of this module's API
 
@@ -128,7 +129,7 @@ class QuicSettings:
             raise ValueError("queue sizes must be positive")
 
 
-class QuicStreamReset(ConnectionError):
+class QuicStreamReset(SnaptunError, ConnectionError):
     """The peer reset the stream (or asked us to stop sending)."""
 
     def __init__(self, stream_id: int, code: int) -> None:

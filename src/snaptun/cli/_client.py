@@ -21,7 +21,7 @@ from snaptun.aio.client import ClientBuilder, ClientControl, ClientReceiver, Cli
 from snaptun.cli._common import emit
 from snaptun.constants import CloseCode
 from snaptun.core.addressing import EndhostAddress
-from snaptun.errors import ConnectionLost, ControlResponseError, RenewalFailed
+from snaptun.errors import ConnectionLost, ControlResponseError, RenewalFailed, SnaptunError
 
 __all__ = ["ClientOptions", "run_echo_client"]
 
@@ -60,7 +60,7 @@ class ClientOptions:
     connect_timeout: float = 5.0
 
 
-class _Failure(Exception):
+class _Failure(SnaptunError):
     """The run failed for a reason of its own (not a library error)."""
 
 

@@ -27,6 +27,7 @@ from snaptun.core.tokens import (
     write_private_key,
     write_public_key,
 )
+from snaptun.errors import SnaptunError
 from snaptun.gateway.state_dir import StateFiles, default_state_dir
 
 __all__ = ["register"]
@@ -34,7 +35,7 @@ __all__ = ["register"]
 DEFAULT_TTL = 3600.0
 
 
-class _Failure(Exception):
+class _Failure(SnaptunError):
     """A refusal with a message for the user."""
 
 

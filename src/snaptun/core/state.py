@@ -43,6 +43,7 @@ from snaptun.core.tokens import TokenT, TokenValidator
 from snaptun.errors import (
     AddressAllocationError,
     NoAddressAssigned,
+    SnaptunError,
     TokenValidationError,
 )
 
@@ -88,7 +89,7 @@ TRANSITIONS: Final[dict[tuple[TunnelState, TunnelEvent], TunnelState]] = {
 """(state, event) -> next state. A pair that is missing is a protocol violation."""
 
 
-class InvalidTransition(Exception):
+class InvalidTransition(SnaptunError):
     """An event that the current state does not allow (answered with an HTTP error)."""
 
     def __init__(self, state: TunnelState, event: TunnelEvent) -> None:

@@ -25,6 +25,8 @@ from typing import Final, NamedTuple
 import h11
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
+from snaptun.errors import SnaptunError
+
 __all__ = ["Handler", "HttpServer", "health_route", "metrics_route"]
 
 Handler = Callable[[], tuple[int, str, bytes]]
@@ -44,7 +46,7 @@ class _Response(NamedTuple):
     headers: tuple[tuple[str, str], ...] = ()
 
 
-class _Reject(Exception):
+class _Reject(SnaptunError):
     """Answer ``status`` and close the connection."""
 
     def __init__(self, status: int) -> None:

@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from typing import Final, Generic, TypeVar
 
 from snaptun.core.addressing import EndhostAddress
+from snaptun.errors import SnaptunError
 from snaptun.scion._address import endhost_wire, host_length
 from snaptun.scion._packet import MIN_HDR_LEN_UNITS, SCION_VERSION
 from snaptun.scion._path import HOP_LEN, INFO_LEN, META_LEN, PathType
@@ -138,7 +139,7 @@ _LAYOUTS: Final = _layouts()
 _SHORTEST: Final = min(layout.size for layout, _ in _LAYOUTS.values())
 
 
-class RouteConflict(RuntimeError):
+class RouteConflict(SnaptunError, RuntimeError):
     """An address would be routed to two tunnels at once (a defect, never peer input)."""
 
 
