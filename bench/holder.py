@@ -31,7 +31,8 @@ from typing import Any
 
 from snaptun.aio import quic
 from snaptun.aio.client import ClientBuilder
-from snaptun.core.tokens import SnapTokenClaims, load_private_key, mint_token
+from snaptun.core.tokens import SnapTokenClaims, mint_token
+from snaptun.keyfiles import load_private_key
 
 TOKEN_TTL = 7200
 """Seconds a minted token is valid: longer than any capacity run, so no renewal happens."""

@@ -21,12 +21,8 @@ from snaptun.cli._client import ClientOptions, run_echo_client
 from snaptun.cli._server import ServerOptions, run_echo_server
 from snaptun.cli.main import main
 from snaptun.core.addressing import EndhostAddress, IsdAs
-from snaptun.core.tokens import (
-    SnapTokenClaims,
-    generate_signing_key,
-    mint_token,
-    write_public_key,
-)
+from snaptun.core.tokens import SnapTokenClaims, generate_signing_key, mint_token
+from snaptun.keyfiles import write_public_key
 
 
 @dataclasses.dataclass

@@ -11,14 +11,9 @@ from pathlib import Path
 import pytest
 
 from snaptun.cli.main import main
-from snaptun.core.tokens import (
-    JwtTokenValidator,
-    SnapTokenClaims,
-    generate_signing_key,
-    load_public_key,
-    write_private_key,
-)
+from snaptun.core.tokens import JwtTokenValidator, SnapTokenClaims, generate_signing_key
 from snaptun.errors import InvalidSignature
+from snaptun.keyfiles import load_public_key, write_private_key
 
 
 def keygen(capsys: pytest.CaptureFixture[str], folder: Path, *extra: str) -> dict[str, str]:

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from snaptun.core.addressing import EndhostAddress
-from snaptun.core.tokens import SnapTokenClaims, load_private_key, mint_token
+from snaptun.core.tokens import SnapTokenClaims, mint_token
 from snaptun.gateway.state_dir import StateFiles
+from snaptun.keyfiles import load_private_key
 from snaptun.scion import (
     AddressHeader,
     HopField,

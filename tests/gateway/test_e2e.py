@@ -17,13 +17,9 @@ import pytest
 from snaptun.aio import quic
 from snaptun.aio.client import ClientBuilder, ClientReceiver, ClientSender
 from snaptun.core.addressing import EndhostAddress
-from snaptun.core.tokens import (
-    SnapTokenClaims,
-    generate_signing_key,
-    mint_token,
-    write_public_key,
-)
+from snaptun.core.tokens import SnapTokenClaims, generate_signing_key, mint_token
 from snaptun.errors import ConnectionLost, ControlResponseError
+from snaptun.keyfiles import write_public_key
 from snaptun.scion import ScmpParameterProblem, decode, decode_scmp, decode_udp
 from tests.cli._procs import _env
 from tests.gateway._gateway import GatewayProcess, connect_argv, run_gateway, scion_udp, scrape

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from snaptun.core.tokens import SnapTokenClaims, load_private_key, mint_token
+from snaptun.core.tokens import SnapTokenClaims, mint_token
 from snaptun.gateway.state_dir import StateFiles
+from snaptun.keyfiles import load_private_key
 from tests.cli._procs import REPO, _env
 
 GW_IP, CLIENT_IP = "10.250.0.1", "10.250.0.2"  # test hosts inside our own namespaces

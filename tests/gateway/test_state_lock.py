@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from snaptun.core.tokens import JwtTokenValidator, load_public_key
+from snaptun.core.tokens import JwtTokenValidator
 from snaptun.gateway.state_dir import StateDirInUse, lock_state_dir
+from snaptun.keyfiles import load_public_key
 from tests.cli._procs import SNAPTUN, _env
 from tests.gateway._gateway import run_gateway
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import random
 import signal
 import sys
 import tempfile
@@ -28,8 +29,8 @@ from snaptun.core.tokens import (
     SnapTokenClaims,
     StaticTokenValidator,
     TokenValidator,
-    load_public_key,
 )
+from snaptun.keyfiles import load_public_key
 from snaptun.tls import write_self_signed
 
 __all__ = ["DEFAULT_POOLS", "DEFAULT_POOL_NETWORKS", "ServerOptions", "run_echo_server"]
@@ -134,7 +135,7 @@ async def run_echo_server(
     handle_signals = stop is None
     stop = stop if stop is not None else asyncio.Event()
     validator = _validator(options)
-    allocator = AddressManager(options.isd_as, options.pools)
+    allocator = AddressManager(options.isd_as, options.pools, rng=random.SystemRandom())
     settings = QuicSettings(udp_payload_size=options.mtu)
     with _certificate(options, err) as (cert, key):
         endpoint = await listen(

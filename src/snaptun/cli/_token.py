@@ -18,17 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from snaptun.cli._common import emit
-from snaptun.core.tokens import (
-    MAX_UINT64,
-    SnapTokenClaims,
-    generate_signing_key,
-    load_private_key,
-    mint_token,
-    write_private_key,
-    write_public_key,
-)
+from snaptun.core.tokens import MAX_UINT64, SnapTokenClaims, generate_signing_key, mint_token
 from snaptun.errors import SnaptunError
 from snaptun.gateway.state_dir import StateFiles, default_state_dir
+from snaptun.keyfiles import load_private_key, write_private_key, write_public_key
 
 __all__ = ["register"]
 

@@ -31,15 +31,10 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
-from snaptun.core.tokens import (
-    generate_signing_key,
-    load_private_key,
-    load_public_key,
-    write_private_key,
-    write_public_key,
-)
+from snaptun.core.tokens import generate_signing_key
 from snaptun.errors import SnaptunError
 from snaptun.gateway.store import GrantStoreError
+from snaptun.keyfiles import load_private_key, load_public_key, write_private_key, write_public_key
 from snaptun.tls import fingerprint_of, write_self_signed
 
 __all__ = [
