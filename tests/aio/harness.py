@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,7 +87,9 @@ async def running_server(
     """Serve tunnels on loopback (a free port unless ``port``); echo unless ``echo`` is False."""
     cert, key = certs
     endpoint = await _listen(cert, key, port)
-    allocator = allocator or AddressManager(ISD_AS, POOLS, hold_time=600.0)
+    allocator = allocator or AddressManager(
+        ISD_AS, POOLS, hold_time=600.0, clock=clock or time.time
+    )
     metrics = Metrics.isolated()
     extra: dict[str, Any] = {"clock": clock} if clock else {}
     server: Server[Any] = Server(

@@ -143,9 +143,11 @@ class RecordingAllocator(AddressManager):
         super().__init__(*args, **kwargs)
         self.requests: list[str] = []
 
-    def allocate(self, isd_as: IsdAs, prefix: Any, claims: Token) -> AddressAllocation:
+    def allocate(
+        self, isd_as: IsdAs, prefix: Any, claims: Token, *, now: float | None = None
+    ) -> AddressAllocation:
         self.requests.append(str(prefix))
-        return super().allocate(isd_as, prefix, claims)
+        return super().allocate(isd_as, prefix, claims, now=now)
 
 
 def free_udp_port() -> int:
@@ -312,7 +314,7 @@ async def test_refused_previous_address_falls_back_to_the_desired_one(
             # the restarted gateway gave the address to someone else meanwhile
             second = RecordingAllocator(ISD_AS, POOLS, hold_time=600.0)
             taken = ipaddress.ip_network(f"{before.assigned[0].ip}/32")
-            second.allocate(ISD_AS, taken, SnapTokenClaims(uuid.uuid4(), 2**40))
+            second.allocate(ISD_AS, taken, SnapTokenClaims(uuid.uuid4(), 2**40), now=time.time())
             async with running_server(certs, allocator=second, port=port):
                 after = await running.connected()
                 await echo_round(running, peer, b"new address")

@@ -357,7 +357,100 @@ def test_zero_hold_time() -> None:
 def test_default_hold_time() -> None:
     m = AddressManager(OWN, [V4_24])
     assert m.hold_time == DEFAULT_HOLD_TIME == 600.0
-    assert m.allocate(OWN, ANY4, claims(1)).address.ip in V4_24
+    assert m.allocate(OWN, ANY4, claims(1), now=1.0).address.ip in V4_24
+
+
+# --- time passed in, randomness injected ------------------------------------------------------
+
+
+def test_without_a_clock_every_call_needs_now() -> None:
+    m = AddressManager(OWN, [V4_24], hold_time=HOLD)
+    with pytest.raises(TypeError, match="no clock"):
+        m.allocate(OWN, ANY4, claims(1))
+    with pytest.raises(TypeError, match="no clock"):
+        m.now()
+    m.allocate(OWN, ANY4, claims(1), now=100.0)
+    assert m.put_on_hold(alloc_id(1), now=100.0)
+    assert m.grant_of(claims(1).id(), now=100.0 + HOLD) is not None  # the hold lasts to its end
+    assert m.grant_of(claims(1).id(), now=100.0 + HOLD + 0.5) is None  # and ends after it
+    assert m.free_count(4, now=200.0 + HOLD) == 254
+
+
+def test_explicit_now_wins_over_the_clock() -> None:
+    clock = FakeClock(1000.0)
+    m = manager(clock=clock)
+    m.allocate(OWN, ANY4, claims(1))
+    assert m.put_on_hold(alloc_id(1), now=5000.0)
+    held = m.grant_of(claims(1).id())
+    assert held is not None
+    assert held.hold_until == 5000.0 + HOLD
+
+
+def test_without_an_rng_any_is_the_lowest_free_address() -> None:
+    m = AddressManager(OWN, [V4_24], reserved=[ip("192.168.0.1")])
+    got = [m.allocate(OWN, ANY4, claims(n), now=1.0).address.ip for n in range(3)]
+    assert got == [ip("192.168.0.2"), ip("192.168.0.3"), ip("192.168.0.4")]
+
+
+# --- changes returned for the caller to persist ------------------------------------------------
+
+
+def test_grant_returns_the_change_and_none_when_nothing_changed() -> None:
+    m = manager()
+    allocation, change = m.grant(10.0, OWN, ANY4, claims(1))
+    assert change is not None
+    assert change.identity == claims(1).id()
+    assert change.before is None
+    assert change.after == Grant(claims(1).id(), allocation.address.ip, GrantState.ACTIVE)
+    again, unchanged = m.grant(11.0, OWN, ANY4, claims(1))
+    assert again == allocation
+    assert unchanged is None  # the same active grant: nothing to write
+
+
+def test_hold_returns_the_change() -> None:
+    m = manager()
+    allocation, _ = m.grant(10.0, OWN, ANY4, claims(1))
+    change = m.hold(20.0, allocation.id)
+    assert change is not None
+    assert change.before is not None
+    assert change.before.state is GrantState.ACTIVE
+    assert change.after == Grant(
+        claims(1).id(), allocation.address.ip, GrantState.HELD, 20.0 + HOLD
+    )
+    assert m.hold(21.0, allocation.id) is None  # already held
+
+
+@pytest.mark.parametrize("start", ["none", "held", "active-elsewhere"])
+def test_revert_puts_the_previous_grant_back(start: str) -> None:
+    m = manager()
+    identity = claims(1).id()
+    if start != "none":
+        first, _ = m.grant(10.0, OWN, host("192.168.0.7"), claims(1))
+        if start == "held":
+            m.hold(10.0, first.id)
+    before = m.grant_of(identity, now=12.0)
+    free = m.free_count(4, now=12.0)
+    _, change = m.grant(12.0, OWN, host("192.168.0.9"), claims(1))
+    assert change is not None
+    assert change.before == before
+    m.revert(change)
+    assert m.grant_of(identity, now=12.0) == before
+    assert m.free_count(4, now=12.0) == free
+    # The address the failed write would have granted is free again for anyone.
+    assert m.allocate(OWN, host("192.168.0.9"), claims(2), now=12.0).address.ip == ip("192.168.0.9")
+    if start == "held":  # the restored hold still ends when it did
+        assert m.grant_of(identity, now=10.0 + HOLD + 1) is None
+
+
+def test_revert_refuses_an_address_taken_meanwhile() -> None:
+    m = manager()
+    m.grant(10.0, OWN, host("192.168.0.7"), claims(1))
+    _, change = m.grant(10.0, OWN, host("192.168.0.9"), claims(1))
+    assert change is not None
+    m.allocate(OWN, host("192.168.0.7"), claims(2), now=10.0)
+    with pytest.raises(ValueError, match="another identity"):
+        m.revert(change)
+    assert m.grant_of(claims(1).id(), now=10.0) == change.after  # unchanged
 
 
 # --- random choice --------------------------------------------------------------------------

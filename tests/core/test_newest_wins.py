@@ -113,7 +113,7 @@ class NewestWins(RuleBasedStateMachine):
 
     @rule(machine=tunnels)
     def close(self, machine: Machine) -> None:
-        machine.shutdown()
+        machine.shutdown(self.now)
         assert machine.is_closed
 
     @rule(seconds=st.sampled_from([0.5, HOLD / 2, HOLD + 1]))

@@ -96,11 +96,11 @@ def test_second_tunnel_of_an_identity_replaces_the_first_and_keeps_the_grant_act
     assert told == ["Closed"]  # closed before the listener ran
     assert second.state is TunnelState.ASSIGNED
     assert second.addresses() == address
-    first.shutdown()  # the replaced tunnel ends: the grant stays active for the newer one
+    first.shutdown(NOW)  # the replaced tunnel ends: the grant stays active for the newer one
     grant = manager.grant_of(str(A))
     assert grant is not None
     assert grant.state is GrantState.ACTIVE
-    second.shutdown()  # the last tunnel ends: only now the grant goes on hold
+    second.shutdown(NOW)  # the last tunnel ends: only now the grant goes on hold
     grant = manager.grant_of(str(A))
     assert grant is not None
     assert grant.state is GrantState.HELD

@@ -161,12 +161,12 @@ def test_shutdown_puts_the_address_on_hold_and_is_final() -> None:
     m.process_control_request(NOW, renew())
     m.process_control_request(NOW, assign())
     version = m.version
-    m.shutdown()
+    m.shutdown(NOW)
     assert m.is_closed
     assert m.version == version + 1
     (grant,) = m._allocator.grants()  # type: ignore[attr-defined]
     assert grant.state is GrantState.HELD
-    m.shutdown()
+    m.shutdown(NOW)
     assert m.version == version + 1
     assert m.process_control_request(NOW, renew()).status == 400
     with pytest.raises(NoAddressAssigned):
@@ -203,7 +203,7 @@ def test_random_request_sequences_keep_the_invariants(steps: list[str]) -> None:
         elif step == "badsig":
             m.process_control_request(NOW, renew("badsig"))
         else:
-            m.shutdown()
+            m.shutdown(NOW)
         assert m.version >= last_version
         last_version = m.version
         if m.state is TunnelState.ASSIGNED:

@@ -9,9 +9,13 @@ The caller owns the QUIC endpoint, as in the reference::
         asyncio.create_task(control.run())      # drives renewals and expiry
         ...                                     # receiver.receive(), sender.send(p)
 
-The protocol decisions live in the sans-I/O core (``snaptun.core``); this
-module only moves bytes between QUIC streams and the core, with every read
-bounded in time and size.
+The protocol decisions live in the sans-I/O core (``snaptun.core``): the
+setup order, each refusal's close code and reason, the expiry deadline, the
+cap on requests in flight and when a grant must be written are decided by
+:class:`~snaptun.core.state.TunnelStateMachine`, which answers with a
+:class:`~snaptun.core.state.Step`. This module carries the steps out (reads,
+writes, closes, grant writes through the ``store`` hook) with every read
+bounded in time and size, and maps outcomes to the exceptions of its API.
 """
 
 from __future__ import annotations
@@ -23,19 +27,21 @@ from collections.abc import Callable, Generator
 from typing import Any, Generic
 
 from snaptun.aio.quic import QuicConnection, QuicStream, QuicStreamReset
-from snaptun.constants import (
-    ACCEPT_TIMEOUT,
-    INTERNAL_ERROR_REASON,
-    REPLACED_CLOSE_CODE,
-    REPLACED_REASON,
-    SEND_TIMEOUT,
-    CloseCode,
-)
+from snaptun.constants import ACCEPT_TIMEOUT, SEND_TIMEOUT
 from snaptun.core.addressing import EndhostAddress
-from snaptun.core.allocator import AddressAllocator
-from snaptun.core.control import ControlRequest, RequestKind, RequestReader, encode_response
+from snaptun.core.allocator import GrantAllocator, GrantChange
+from snaptun.core.control import ControlRequest, RequestReader, encode_response
 from snaptun.core.registry import TunnelRegistry
-from snaptun.core.state import ControlAnswer, TunnelStateMachine
+from snaptun.core.state import (
+    INTERNAL_ERROR,
+    MAX_CONCURRENT_REQUESTS,
+    REPLACED,
+    SETUP_TIMED_OUT,
+    Close,
+    ControlAnswer,
+    Step,
+    TunnelStateMachine,
+)
 from snaptun.core.tokens import TokenT, TokenValidator
 from snaptun.errors import (
     AcceptConnectionError,
@@ -63,19 +69,54 @@ from snaptun.errors import (
 )
 from snaptun.metrics import Metrics
 
-__all__ = ["Control", "Receiver", "Sender", "Server"]
+__all__ = ["MAX_CONCURRENT_REQUESTS", "Control", "GrantStore", "Receiver", "Sender", "Server"]
 
 log = logging.getLogger(__name__)
 
 CONTROL_REQUEST_TIMEOUT = ACCEPT_TIMEOUT
 """Seconds a post-setup control request may take to arrive complete (ours)."""
-MAX_CONCURRENT_REQUESTS = 4
-"""Post-setup requests read at once; further streams are reset."""
-_REFUSED_REASON = {
-    RequestKind.SESSION_RENEWAL: "handling session renewal request",
-    RequestKind.ADDRESS_ASSIGNMENT: "handling address assignment request",
-}
-"""Close reasons of the reference when a setup request is answered with an error."""
+
+GrantStore = Callable[[GrantChange], bool]
+"""Writes one grant change (``change.after``, or deletes the identity's record when
+None) and says whether it is stored. Must not raise for a storage failure: it
+logs the failure and returns False. A refused grant is undone by the core; a
+hold that was not stored is the store's to repair later."""
+
+
+class _Tunnel(Generic[TokenT]):
+    """One connection and its machine: carries out the machine's closes and writes."""
+
+    __slots__ = ("clock", "conn", "machine", "store")
+
+    def __init__(
+        self,
+        conn: QuicConnection,
+        machine: TunnelStateMachine[TokenT],
+        clock: Callable[[], float],
+        store: GrantStore | None,
+    ) -> None:
+        self.conn = conn
+        self.machine = machine
+        self.clock = clock
+        self.store = store
+
+    def end(self) -> None:
+        """End the machine for good; a hold it returns is written (failures are the store's)."""
+        change = self.machine.shutdown(self.clock())
+        if change is not None and self.store is not None:
+            self.store(change)
+
+    def close(self, close: Close) -> None:
+        """End the machine, then close the connection as ``close`` says."""
+        self.end()
+        self.conn.close(close.code, close.reason)
+
+    def written(self, step: Step) -> Step:
+        """Write the step's grant, if any, and return the rest of the step."""
+        while step.store is not None:
+            ok = self.store(step.store) if self.store is not None else True
+            step = self.machine.stored(ok)
+        return step
 
 
 async def read_request(stream: QuicStream) -> ControlRequest:
@@ -121,15 +162,18 @@ class Server(Generic[TokenT]):
 
     def __init__(
         self,
-        allocator: AddressAllocator[TokenT],
+        allocator: GrantAllocator[TokenT],
         validator: TokenValidator[TokenT],
         metrics: Metrics | None = None,
         *,
         clock: Callable[[], float] = time.time,
         accept_timeout: float = ACCEPT_TIMEOUT,
         registry: TunnelRegistry | None = None,
+        store: GrantStore | None = None,
     ) -> None:
+        """``store`` writes grant changes (none by default: grants live in memory only)."""
         self._allocator = allocator
+        self._store = store
         self._validator = validator
         self.metrics = metrics if metrics is not None else Metrics.isolated()
         self.registry = registry if registry is not None else TunnelRegistry()
@@ -148,86 +192,76 @@ class Server(Generic[TokenT]):
         machine: TunnelStateMachine[TokenT] = TunnelStateMachine(
             self._validator, self._allocator, self.registry
         )
-        machine.on_replaced(lambda: conn.close(REPLACED_CLOSE_CODE, REPLACED_REASON))
+        tunnel = _Tunnel(conn, machine, self._clock, self._store)
+        machine.on_replaced(lambda: conn.close(REPLACED.code, REPLACED.reason))
         try:
             async with asyncio.timeout(self._accept_timeout):
-                await self._setup_step(
-                    conn, machine, RequestKind.SESSION_RENEWAL, "expected session renewal request"
-                )
-                await self._setup_step(
-                    conn,
-                    machine,
-                    RequestKind.ADDRESS_ASSIGNMENT,
-                    "expected address assignment request",
-                )
+                while not await self._setup_step(tunnel):
+                    pass
         except TimeoutError:
-            machine.shutdown()
-            conn.close(CloseCode.TIMEOUT, "timeout establishing snaptun")
+            tunnel.close(SETUP_TIMED_OUT)
             raise AcceptTimeout from None
         except AcceptError:
-            machine.shutdown()
+            tunnel.end()
             if machine.was_replaced:
                 raise AcceptReplaced from None
             raise
         except Exception as exc:
-            machine.shutdown()
             log.exception("unexpected error setting up a tunnel; closing it with code 5")
-            conn.close(CloseCode.INTERNAL_ERROR, INTERNAL_ERROR_REASON)
+            tunnel.close(INTERNAL_ERROR)
             raise AcceptInternalError(exc) from exc
         except BaseException:
-            machine.shutdown()
+            tunnel.end()
             raise
         if machine.is_closed:  # replaced while its last answer was on the way
             raise AcceptReplaced
         version = machine.version
         return (
-            Sender(conn, machine, version, self.metrics),
+            Sender(tunnel, version, self.metrics),
             Receiver(conn, machine, self.metrics),
-            Control(conn, machine, self._clock),
+            Control(conn, machine, self._clock, store=self._store),
         )
 
-    async def _setup_step(
-        self,
-        conn: QuicConnection,
-        machine: TunnelStateMachine[TokenT],
-        expected: RequestKind,
-        wrong_request_reason: str,
-    ) -> None:
+    async def _setup_step(self, tunnel: _Tunnel[TokenT]) -> bool:
+        """Read one setup request and carry out the machine's step; True once established."""
+        conn, machine = tunnel.conn, tunnel.machine
         try:
             stream = await conn.accept_stream()
             request = await read_request(stream)
         except ConnectionLost as exc:
             raise AcceptConnectionError(exc) from exc
         except ParseControlRequestError as exc:
-            conn.close(exc.close_code, exc.reason)
+            conn.close(*_args(machine.unparsable(exc)))
             raise AcceptParseError(exc) from exc
-        if request.kind is not expected:
-            conn.close(CloseCode.INVALID_REQUEST, wrong_request_reason)
-            raise UnexpectedControlRequest(wrong_request_reason)
-        response = machine.process_control_request(self._clock(), request)
+        step = tunnel.written(machine.setup_request(self._clock(), request))
+        if step.answer is None:  # the wrong request: closed without an answer
+            assert step.close is not None
+            conn.close(*_args(step.close))
+            raise UnexpectedControlRequest(step.close.reason)
         try:
-            await send_response(stream, response)
+            await send_response(stream, step.answer)
         except SendControlResponseError as exc:
-            if response.ok:
-                conn.close(CloseCode.INTERNAL_ERROR, "failed to send control response")
+            if step.answer.ok:
+                assert step.close_if_unsent is not None
+                conn.close(*_args(step.close_if_unsent))
                 raise AcceptSendError(exc) from exc
-        if not response.ok:
-            conn.close(CloseCode.INVALID_REQUEST, _REFUSED_REASON[expected])
-            raise UnexpectedControlRequest(f"setup request refused with HTTP {response.status}")
+        if step.close is not None:
+            conn.close(*_args(step.close))
+            raise UnexpectedControlRequest(f"setup request refused with HTTP {step.answer.status}")
+        return step.established
+
+
+def _args(close: Close) -> tuple[int, str]:
+    return close.code, close.reason
 
 
 class Sender(Generic[TokenT]):
     """Sends packets to the client, one QUIC datagram each."""
 
-    def __init__(
-        self,
-        conn: QuicConnection,
-        machine: TunnelStateMachine[TokenT],
-        version: int,
-        metrics: Metrics,
-    ) -> None:
-        self._conn = conn
-        self._machine = machine
+    def __init__(self, tunnel: _Tunnel[TokenT], version: int, metrics: Metrics) -> None:
+        self._tunnel = tunnel
+        self._conn = tunnel.conn
+        self._machine = machine = tunnel.machine
         self._version = version
         self._closed = False
         self._addresses = machine.addresses()
@@ -275,8 +309,7 @@ class Sender(Generic[TokenT]):
 
     def close(self, code: int, reason: str) -> None:
         """Close the connection with ``code`` and ``reason`` at once."""
-        self._machine.shutdown()
-        self._conn.close(code, reason)
+        self._tunnel.close(Close(code, reason))
 
     def _check(self, packet: bytes) -> None:
         if self._closed:
@@ -286,7 +319,7 @@ class Sender(Generic[TokenT]):
             if machine.is_closed:
                 self._closed = True
                 raise SendConnectionClosed
-            fresh = Sender(self._conn, machine, machine.version, self._metrics)
+            fresh = Sender(self._tunnel, machine.version, self._metrics)
             self._closed = True
             raise NewAssignedAddress(fresh, packet)
 
@@ -354,15 +387,19 @@ class Control(Generic[TokenT]):
         machine: TunnelStateMachine[TokenT],
         clock: Callable[[], float],
         request_timeout: float = CONTROL_REQUEST_TIMEOUT,
+        *,
+        store: GrantStore | None = None,
     ) -> None:
         self._conn = conn
         self._machine = machine
         self._clock = clock
+        self._tunnel = _Tunnel(conn, machine, clock, store)
         self._request_timeout = request_timeout
         self._waiting: asyncio.Timeout | None = None
         """The timeout of the wait for the next request stream, while run() waits."""
         self._failure: BaseException | None = None
         self._requests: set[asyncio.Task[None]] = set()
+        """Request tasks; the machine counts them against its cap."""
         self._listeners: list[Callable[[], None]] = []
         self.requests_served = 0
         self.requests_dropped = 0
@@ -395,9 +432,9 @@ class Control(Generic[TokenT]):
             while True:
                 if self._failure is not None:
                     raise self._failure
-                if self._machine.is_expired(self._clock()):
-                    self._machine.shutdown()
-                    self._conn.close(CloseCode.SESSION_EXPIRED, "session expired")
+                expired = self._machine.check_expiry(self._clock())
+                if expired is not None:
+                    self._tunnel.close(expired)
                     raise SessionExpired
                 left = self._machine.seconds_until_expiry(self._clock())
                 when = None if left is None else loop.time() + left
@@ -407,7 +444,7 @@ class Control(Generic[TokenT]):
                 except TimeoutError:
                     continue  # the expiry came, or a wake-up: look again
                 except ConnectionLost as exc:
-                    self._machine.shutdown()
+                    self._tunnel.end()
                     if self._failure is not None:  # e.g. replaced: the close was ours
                         raise self._failure from None
                     if exc.application or not exc.by_peer:
@@ -421,7 +458,7 @@ class Control(Generic[TokenT]):
         finally:
             for task in self._requests:
                 task.cancel()
-            self._machine.shutdown()
+            self._tunnel.end()
 
     def _wake(self) -> None:
         """Make :meth:`run` look again at failure and expiry (from any task or callback)."""
@@ -430,13 +467,17 @@ class Control(Generic[TokenT]):
             waiting.reschedule(-1.0)  # in the past: expires on the next loop iteration
 
     def _start_request(self, stream: QuicStream) -> None:
-        if len(self._requests) >= MAX_CONCURRENT_REQUESTS:
+        if not self._machine.request_started():  # the cap: the machine decides
             self.requests_dropped += 1
             stream.reset(0)
             return
         task = asyncio.ensure_future(self._serve(stream))
         self._requests.add(task)
-        task.add_done_callback(self._requests.discard)
+        task.add_done_callback(self._request_done)
+
+    def _request_done(self, task: asyncio.Task[None]) -> None:
+        self._requests.discard(task)
+        self._machine.request_finished()
 
     def _replaced(self) -> None:
         if self._failure is None:
@@ -448,7 +489,7 @@ class Control(Generic[TokenT]):
             await self._serve_request(stream)
         except Exception as exc:
             log.exception("unexpected error serving a control request; closing with code 5")
-            self._fail(ControlInternalError(exc), CloseCode.INTERNAL_ERROR, INTERNAL_ERROR_REASON)
+            self._fail(ControlInternalError(exc), INTERNAL_ERROR)
 
     async def _serve_request(self, stream: QuicStream) -> None:
         try:
@@ -463,24 +504,23 @@ class Control(Generic[TokenT]):
         except ConnectionLost:
             return
         except ParseControlRequestError as exc:
-            self._fail(ControlParseError(exc), exc.close_code, exc.reason)
+            self._fail(ControlParseError(exc), self._machine.unparsable(exc))
             return
-        response = self._machine.process_control_request(self._clock(), request)
+        step = self._tunnel.written(self._machine.request(self._clock(), request))
+        assert step.answer is not None
         self.requests_served += 1
         self._wake()  # the expiry may have moved
-        if response.ok:
+        if step.answer.ok:
             for listener in self._listeners:
                 listener()
         try:
-            await send_response(stream, response)
+            await send_response(stream, step.answer)
         except SendControlResponseError as exc:
-            self._fail(
-                ControlSendError(exc), CloseCode.INTERNAL_ERROR, "send control response error"
-            )
+            assert step.close_if_unsent is not None
+            self._fail(ControlSendError(exc), step.close_if_unsent)
 
-    def _fail(self, error: BaseException, code: int, reason: str) -> None:
-        self._machine.shutdown()
-        self._conn.close(code, reason)
+    def _fail(self, error: BaseException, close: Close) -> None:
+        self._tunnel.close(close)
         if self._failure is None:
             self._failure = error
         self._wake()

@@ -14,7 +14,7 @@ A grant belongs to one identity (``Token.id()``) and is *active* or *held*::
 
 An identity has at most one grant. A failed ``allocate`` changes nothing: the
 old grant is freed only once the new address has been granted. Holds expire
-lazily: every public call first frees the holds that ended before ``clock()``.
+lazily: every public call first frees the holds that ended before its ``now``.
 Refusals raise :class:`~snaptun.errors.AddressAllocationError` subclasses:
 ``UnsupportedIsdAs``, ``NoAddressesAvailable`` (pool of the family exhausted or
 absent) and ``AddressUnavailable`` (outside the pools, not a host prefix, or
@@ -24,7 +24,15 @@ Reserved addresses (the gateway's own, e.g. the source of its SCMP replies) are
 never granted: asking for one is ``AddressUnavailable``, "any" skips them, and
 ``free_count`` does not count them.
 
-The manager is sans-I/O and not thread-safe; time comes from the injected clock.
+The manager is sans-I/O and not thread-safe. It reads no clock and draws no
+randomness of its own: every call takes ``now`` (a manager built with a
+``clock`` lets callers omit it, as the reference-shaped :class:`AddressAllocator`
+calls do), and random picks come from the injected ``rng``.
+
+Persistence is the caller's effect: :meth:`AddressManager.grant` and
+:meth:`AddressManager.hold` return the :class:`GrantChange` they made, which
+the caller writes (the gateway, before it answers a grant) or, if the write
+fails, undoes with :meth:`AddressManager.revert`.
 """
 
 from __future__ import annotations
@@ -35,8 +43,6 @@ import heapq
 import ipaddress
 import itertools
 import math
-import random
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol, TypeVar
@@ -52,7 +58,10 @@ __all__ = [
     "AddressAllocator",
     "AddressManager",
     "Grant",
+    "GrantAllocator",
+    "GrantChange",
     "GrantState",
+    "RandomSource",
     "TokenT_contra",
 ]
 
@@ -104,6 +113,14 @@ class AddressAllocator(Protocol[TokenT_contra]):
         ...
 
 
+class RandomSource(Protocol):
+    """Where random picks come from (``random.Random`` and ``SystemRandom`` fit)."""
+
+    def randrange(self, stop: int, /) -> int:
+        """A number in ``[0, stop)``."""
+        ...
+
+
 class GrantState(enum.Enum):
     """Whether a grant is in use or held for its identity."""
 
@@ -126,6 +143,37 @@ class Grant:
     def __post_init__(self) -> None:
         if (self.state is GrantState.HELD) != (self.hold_until is not None):
             raise ValueError("hold_until must be given exactly for held grants")
+
+
+@dataclass(frozen=True, slots=True)
+class GrantChange:
+    """What one call did to an identity's grant: the caller persists ``after``.
+
+    ``after`` None means the grant is gone (delete the identity's record);
+    ``before`` is what :meth:`AddressManager.revert` puts back.
+    """
+
+    identity: str
+    before: Grant | None
+    after: Grant | None
+
+
+class GrantAllocator(Protocol[TokenT_contra]):
+    """What a tunnel state machine needs: explicit ``now``, changes returned for persistence."""
+
+    def grant(
+        self, now: float, isd_as: IsdAs, prefix: IPNetwork, claims: TokenT_contra
+    ) -> tuple[AddressAllocation, GrantChange | None]:
+        """As :meth:`AddressAllocator.allocate`; the change is None if nothing changed."""
+        ...
+
+    def hold(self, now: float, allocation_id: AddressAllocationId) -> GrantChange | None:
+        """As :meth:`AddressAllocator.put_on_hold`; None if there was no active grant."""
+        ...
+
+    def revert(self, change: GrantChange) -> None:
+        """Undo ``change`` (its write failed): the identity's grant is ``before`` again."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +236,11 @@ class AddressManager:
     prefixes shorter than /31 and the subnet-router anycast address (the
     all-zero host part) of IPv6 prefixes shorter than /127, and the
     ``reserved`` addresses.
+
+    ``clock`` gives the time for calls that omit ``now`` (without one, such a
+    call is a ``TypeError``). ``rng`` draws the address "any" gets; without one
+    the lowest free address is picked, which is predictable: a server passes
+    ``random.SystemRandom()``.
     """
 
     def __init__(
@@ -195,8 +248,8 @@ class AddressManager:
         isd_as: IsdAs,
         prefixes: Sequence[IPNetwork],
         hold_time: float = DEFAULT_HOLD_TIME,
-        clock: Callable[[], float] = time.time,
-        rng: random.Random | None = None,
+        clock: Callable[[], float] | None = None,
+        rng: RandomSource | None = None,
         *,
         reserved: Iterable[IPAddress] = (),
     ) -> None:
@@ -215,7 +268,7 @@ class AddressManager:
         self._prefixes = tuple(prefixes)
         self._hold_time = float(hold_time)
         self._clock = clock
-        self._rng = rng if rng is not None else random.SystemRandom()
+        self._rng = rng
         self._pools = {
             version: _Pool(version, [p for p in self._prefixes if p.version == version])
             for version in (4, 6)
@@ -253,14 +306,62 @@ class AddressManager:
         return self._reserved
 
     def now(self) -> float:
-        """The current time of the injected clock (unix seconds)."""
+        """The current time of the injected clock (unix seconds); TypeError without one."""
+        if self._clock is None:
+            raise TypeError("this AddressManager has no clock: pass now= to every call")
         return self._clock()
+
+    def _at(self, now: float | None) -> float:
+        return self.now() if now is None else now
+
+    # --- GrantAllocator: explicit time, changes returned ------------------------------
+
+    def grant(
+        self, now: float, isd_as: IsdAs, prefix: IPNetwork, claims: Token
+    ) -> tuple[AddressAllocation, GrantChange | None]:
+        """Allocate at ``now``; the change is None when the same active grant is given again."""
+        identity = claims.id()
+        before = self.grant_of(identity, now=now)
+        allocation = self.allocate(isd_as, prefix, claims, now=now)
+        after = self.grant_of(identity, now=now)
+        return allocation, (None if after == before else GrantChange(identity, before, after))
+
+    def hold(self, now: float, allocation_id: AddressAllocationId) -> GrantChange | None:
+        """Put on hold at ``now``; the change, or None if there was no active grant."""
+        before = self.grant_of(allocation_id.id, now=now)
+        if not self.put_on_hold(allocation_id, now=now):
+            return None
+        return GrantChange(allocation_id.id, before, self.grant_of(allocation_id.id, now=now))
+
+    def revert(self, change: GrantChange) -> None:
+        """Make ``change.before`` the identity's grant again (after a failed write).
+
+        Raises ValueError, changing nothing, if that address now belongs to
+        another identity (it cannot, right after the change: only the
+        identity's own address was freed).
+        """
+        before = change.before
+        if before is not None:
+            owner = self._by_address.get(before.address)
+            if owner is not None and owner != change.identity:
+                raise ValueError(f"{before.address} is granted to another identity")
+        if change.identity in self._by_identity:
+            self._free(change.identity)
+        if before is None:
+            return
+        self._by_identity[change.identity] = _Entry(before.address, before.hold_until)
+        self._by_address[before.address] = change.identity
+        self._used[before.address.version] += 1
+        if before.hold_until is not None:
+            heapq.heappush(self._holds, (before.hold_until, change.identity))
 
     # --- AddressAllocator ---------------------------------------------------------
 
-    def allocate(self, isd_as: IsdAs, prefix: IPNetwork, claims: Token) -> AddressAllocation:
+    def allocate(
+        self, isd_as: IsdAs, prefix: IPNetwork, claims: Token, *, now: float | None = None
+    ) -> AddressAllocation:
         """Grant ``prefix`` (a host network; unspecified means any) to ``claims.id()``."""
-        self._expire(self._clock())
+        self._expire(self._at(now))
         if not isd_as.matches(self._isd_as):
             raise UnsupportedIsdAs(f"ISD-AS {isd_as} is not {self._isd_as} or a wildcard of it")
         if prefix.prefixlen != prefix.max_prefixlen:
@@ -289,9 +390,9 @@ class AddressManager:
             EndhostAddress(self._isd_as, address),
         )
 
-    def put_on_hold(self, allocation_id: AddressAllocationId) -> bool:
-        """Hold the identity's active grant until ``clock() + hold_time``."""
-        now = self._clock()
+    def put_on_hold(self, allocation_id: AddressAllocationId, *, now: float | None = None) -> bool:
+        """Hold the identity's active grant until ``now + hold_time``."""
+        now = self._at(now)
         self._expire(now)
         entry = self._entry_for(allocation_id)
         if entry is None or entry.hold_until is not None:
@@ -300,9 +401,9 @@ class AddressManager:
         heapq.heappush(self._holds, (entry.hold_until, allocation_id.id))
         return True
 
-    def deallocate(self, allocation_id: AddressAllocationId) -> bool:
+    def deallocate(self, allocation_id: AddressAllocationId, *, now: float | None = None) -> bool:
         """Free the identity's grant (active or held) at once."""
-        self._expire(self._clock())
+        self._expire(self._at(now))
         if self._entry_for(allocation_id) is None:
             return False
         self._free(allocation_id.id)
@@ -310,28 +411,28 @@ class AddressManager:
 
     # --- inspection and persistence -------------------------------------------------
 
-    def free_count(self, version: int) -> int:
+    def free_count(self, version: int, *, now: float | None = None) -> int:
         """Addresses of IP ``version`` (4 or 6) that are neither granted nor held."""
         if version not in (4, 6):
             raise ValueError(f"IP version must be 4 or 6, not {version}")
-        self._expire(self._clock())
+        self._expire(self._at(now))
         return self._pools[version].size - self._reserved_in_pool[version] - self._used[version]
 
     def is_usable(self, address: IPAddress) -> bool:
         """Whether ``address`` lies in a pool and is not reserved (granted or not)."""
         return self._pools[address.version].contains(address) and address not in self._reserved
 
-    def grant_of(self, identity: str) -> Grant | None:
+    def grant_of(self, identity: str, *, now: float | None = None) -> Grant | None:
         """The grant of ``identity``, or None if it has none."""
-        self._expire(self._clock())
+        self._expire(self._at(now))
         entry = self._by_identity.get(identity)
         if entry is None:
             return None
         return _grant(identity, entry)
 
-    def grants(self) -> list[Grant]:
+    def grants(self, *, now: float | None = None) -> list[Grant]:
         """A snapshot of every grant, sorted by identity."""
-        self._expire(self._clock())
+        self._expire(self._at(now))
         return [_grant(identity, entry) for identity, entry in sorted(self._by_identity.items())]
 
     def restore(self, grants: Iterable[Grant]) -> None:
@@ -386,14 +487,16 @@ class AddressManager:
         taken = self._by_address
         if self._used[version] + self._reserved_in_pool[version] >= pool.size:
             raise NoAddressesAvailable(f"no IPv{version} address available in {self._isd_as}")
-        for _ in range(_RANDOM_TRIES):
-            address = pool.address_at(self._rng.randrange(pool.size))
-            if address not in taken and address not in self._reserved:
-                return address
-        # Walk on from a random start: every step that does not end the walk
-        # passes a granted or reserved address, so it ends within
-        # used + reserved + 1 steps.
-        start = self._rng.randrange(pool.size)
+        rng = self._rng
+        if rng is not None:
+            for _ in range(_RANDOM_TRIES):
+                address = pool.address_at(rng.randrange(pool.size))
+                if address not in taken and address not in self._reserved:
+                    return address
+        # Walk on from a random start (the first address without an rng): every
+        # step that does not end the walk passes a granted or reserved address,
+        # so it ends within used + reserved + 1 steps.
+        start = rng.randrange(pool.size) if rng is not None else 0
         for step in range(pool.size):
             address = pool.address_at((start + step) % pool.size)
             if address not in taken and address not in self._reserved:

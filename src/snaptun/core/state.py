@@ -18,6 +18,19 @@ to Closed at once, without putting the grant on hold, and its
 ``on_replaced`` listeners run (the server closes that connection with code 0,
 "replaced by a newer tunnel"). Only the machine that holds the grant puts it
 on hold when it closes.
+
+What decides a tunnel's fate lives here, not in the asyncio layer (h11's
+rule): the order of the setup requests, which close code and reason each
+refusal gets, the expiry deadline and the cap on requests in flight. The
+machine answers with a :class:`Step`, a plain record of actions that
+:mod:`snaptun.aio.server` carries out in order, and :class:`Close` values for
+the failures that layer observes (a timeout, a request that does not parse,
+a defect). Persistence is an action too: a grant comes back as
+``Step(store=change)``; the caller writes it and reports with
+:meth:`TunnelStateMachine.stored`, and only then gets the answer, so a grant
+is on disk before the client hears of it, and a failed write is refused and
+undone. Holds come back from :meth:`TunnelStateMachine.shutdown` for the
+caller to write.
 """
 
 from __future__ import annotations
@@ -29,8 +42,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Generic
 
+from snaptun.constants import (
+    INTERNAL_ERROR_REASON,
+    REPLACED_CLOSE_CODE,
+    REPLACED_REASON,
+    CloseCode,
+)
 from snaptun.core.addressing import WILDCARD_ISD_AS, EndhostAddress, IPNetwork, IsdAs
-from snaptun.core.allocator import AddressAllocation, AddressAllocator
+from snaptun.core.allocator import AddressAllocation, GrantAllocator, GrantChange
 from snaptun.core.control import ControlRequest, RequestKind
 from snaptun.core.messages import (
     AddressRange,
@@ -43,6 +62,7 @@ from snaptun.core.tokens import TokenT, TokenValidator
 from snaptun.errors import (
     AddressAllocationError,
     NoAddressAssigned,
+    ParseControlRequestError,
     SnaptunError,
     TokenValidationError,
 )
@@ -54,6 +74,9 @@ _ANY_ADDRESS: Final[tuple[tuple[IsdAs, IPNetwork], ...]] = (
 
 
 _MAX_UINT64: Final = 2**64 - 1
+
+MAX_CONCURRENT_REQUESTS: Final = 4
+"""Post-setup requests served at once; a stream beyond the cap is reset (ours)."""
 
 
 class TunnelState(enum.Enum):
@@ -98,6 +121,12 @@ class InvalidTransition(SnaptunError):
         super().__init__(f"{event.value} not allowed in state {state.value}")
 
 
+_EVENT: Final = {
+    RequestKind.SESSION_RENEWAL: TunnelEvent.SESSION_RENEWED,
+    RequestKind.ADDRESS_ASSIGNMENT: TunnelEvent.ADDRESS_ASSIGNED,
+}
+
+
 def next_state(state: TunnelState, event: TunnelEvent) -> TunnelState:
     """Look the transition up; raise :class:`InvalidTransition` if it is not in the table."""
     try:
@@ -119,14 +148,96 @@ class ControlAnswer:
         return 200 <= self.status < 300
 
 
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close the QUIC connection with this application ``code`` and ``reason``.
+
+    Carrying it out also ends the machine (:meth:`TunnelStateMachine.shutdown`).
+    """
+
+    code: int
+    reason: str
+
+
+REPLACED: Final = Close(REPLACED_CLOSE_CODE, REPLACED_REASON)
+"""How a tunnel ends when a newer tunnel of its identity takes its grant over."""
+SETUP_TIMED_OUT: Final = Close(CloseCode.TIMEOUT, "timeout establishing snaptun")
+"""How a tunnel ends when the setup did not finish within the accept timeout."""
+SESSION_EXPIRED: Final = Close(CloseCode.SESSION_EXPIRED, "session expired")
+"""How a tunnel ends when its session expiry passed without renewal."""
+INTERNAL_ERROR: Final = Close(CloseCode.INTERNAL_ERROR, INTERNAL_ERROR_REASON)
+"""How a tunnel ends when serving it raised something unexpected (a defect of ours)."""
+_SETUP_UNSENT: Final = Close(CloseCode.INTERNAL_ERROR, "failed to send control response")
+_UNSENT: Final = Close(CloseCode.INTERNAL_ERROR, "send control response error")
+_EXPECTED: Final = {
+    TunnelState.UNASSIGNED: RequestKind.SESSION_RENEWAL,
+    TunnelState.SESSION_ESTABLISHED: RequestKind.ADDRESS_ASSIGNMENT,
+}
+"""During setup, the one request each state accepts (renew_session, then assign_addresses)."""
+_WRONG_REQUEST: Final = {
+    RequestKind.SESSION_RENEWAL: Close(
+        CloseCode.INVALID_REQUEST, "expected session renewal request"
+    ),
+    RequestKind.ADDRESS_ASSIGNMENT: Close(
+        CloseCode.INVALID_REQUEST, "expected address assignment request"
+    ),
+}
+_REFUSED: Final = {
+    RequestKind.SESSION_RENEWAL: Close(
+        CloseCode.INVALID_REQUEST, "handling session renewal request"
+    ),
+    RequestKind.ADDRESS_ASSIGNMENT: Close(
+        CloseCode.INVALID_REQUEST, "handling address assignment request"
+    ),
+}
+"""The reference's close reasons when a setup request is answered with an error."""
+_NOT_STORED: Final = ControlAnswer(
+    400, b"either requested address is unavailable, or no addresses are available"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """What the asyncio layer does next, in this order.
+
+    1. ``store``: write this grant change, then call
+       :meth:`TunnelStateMachine.stored` for the rest of the step (nothing
+       else is set then);
+    2. ``answer``: send it on the request's stream; if it cannot be sent,
+       carry out ``close_if_unsent`` (when set) and stop;
+    3. ``close``: close the connection (the setup failed).
+
+    ``established`` says that the setup is complete once the answer is sent.
+    """
+
+    store: GrantChange | None = None
+    answer: ControlAnswer | None = None
+    close: Close | None = None
+    close_if_unsent: Close | None = None
+    established: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending(Generic[TokenT]):
+    """A grant waiting for its write: what :meth:`TunnelStateMachine.stored` completes."""
+
+    change: GrantChange
+    claims: TokenT
+    allocation: AddressAllocation
+    state: TunnelState
+    setup: bool
+
+
 class TunnelStateMachine(Generic[TokenT]):
     """Validates control requests, allocates addresses and tracks the session."""
 
     def __init__(
         self,
         validator: TokenValidator[TokenT],
-        allocator: AddressAllocator[TokenT],
+        allocator: GrantAllocator[TokenT],
         registry: TunnelRegistry | None = None,
+        *,
+        max_requests: int = MAX_CONCURRENT_REQUESTS,
     ):
         self._validator = validator
         self._allocator = allocator
@@ -139,6 +250,10 @@ class TunnelStateMachine(Generic[TokenT]):
         self.was_replaced = False
         """Whether a newer tunnel of the same identity took the grant over (then Closed)."""
         self._on_replaced: list[Callable[[], None]] = []
+        self._pending: _Pending[TokenT] | None = None
+        self._max_requests = max_requests
+        self.requests_in_flight = 0
+        """Post-setup requests started and not finished (at most ``max_requests``)."""
 
     # ---- queries -------------------------------------------------------------------
 
@@ -168,21 +283,102 @@ class TunnelStateMachine(Generic[TokenT]):
         left = self.seconds_until_expiry(now)
         return left is not None and left <= 0
 
+    @property
+    def in_setup(self) -> bool:
+        """Whether the setup (renew_session, then assign_addresses) is still under way."""
+        return self.state in _EXPECTED
+
+    def check_expiry(self, now: float) -> Close | None:
+        """:data:`SESSION_EXPIRED` once the session expiry has passed, else None."""
+        return SESSION_EXPIRED if self.is_expired(now) else None
+
+    # ---- decisions on what the asyncio layer observes ------------------------------------
+
+    def unparsable(self, error: ParseControlRequestError) -> Close:
+        """A request broke the protocol: close with its code and reason (setup or not)."""
+        return Close(error.close_code, error.reason)
+
+    def request_started(self) -> bool:
+        """A post-setup request stream arrived: True to serve it, False to reset it (cap)."""
+        if self.requests_in_flight >= self._max_requests:
+            return False
+        self.requests_in_flight += 1
+        return True
+
+    def request_finished(self) -> None:
+        """A request that :meth:`request_started` admitted is done (served or not)."""
+        self.requests_in_flight = max(0, self.requests_in_flight - 1)
+
     # ---- transitions -------------------------------------------------------------------
 
+    def setup_request(self, now: float, request: ControlRequest) -> Step:
+        """One request of the setup: the order is enforced, a refusal closes the tunnel."""
+        if self.is_closed:  # replaced or ended meanwhile: refused like any closed tunnel
+            return self._decide(now, request, setup=True)
+        expected = _EXPECTED.get(self.state)
+        if expected is None:
+            raise InvalidTransition(self.state, _EVENT[request.kind])
+        if request.kind is not expected:
+            return Step(close=_WRONG_REQUEST[expected])
+        return self._decide(now, request, setup=True)
+
+    def request(self, now: float, request: ControlRequest) -> Step:
+        """One request after the setup: always answered; the tunnel stays either way."""
+        return self._decide(now, request, setup=False)
+
+    def stored(self, ok: bool) -> Step:
+        """The write of the last step's ``store`` is done (``ok``) or failed: the rest.
+
+        A failed write undoes the grant (the allocator is as before the
+        request) and is answered as an unavailable address.
+        """
+        pending, self._pending = self._pending, None
+        if pending is None:
+            raise RuntimeError("stored() without a grant waiting for its write")
+        if not ok:
+            self._allocator.revert(pending.change)
+            return self._finish(_NOT_STORED, RequestKind.ADDRESS_ASSIGNMENT, pending.setup)
+        answer = self._commit(pending.claims, pending.allocation, pending.state)
+        return self._finish(answer, RequestKind.ADDRESS_ASSIGNMENT, pending.setup)
+
     def process_control_request(self, now: float, request: ControlRequest) -> ControlAnswer:
-        """Handle one request and return the answer; never raises for peer input."""
+        """Handle one request without setup rules or persistence and return the answer.
+
+        For callers without a grant store (tests, diagnostics): every grant
+        counts as written. Never raises for peer input.
+        """
+        step = self._decide(now, request, setup=False)
+        while step.store is not None:
+            step = self.stored(ok=True)
+        assert step.answer is not None
+        return step.answer
+
+    def _decide(self, now: float, request: ControlRequest, *, setup: bool) -> Step:
+        if self._pending is not None:
+            raise RuntimeError("a grant is waiting for its write: call stored() first")
         if self.is_closed:
-            return ControlAnswer(400, b"tunnel is closed")
+            return self._finish(ControlAnswer(400, b"tunnel is closed"), request.kind, setup)
         try:
             claims = self._validator.validate(now, request.token)
         except TokenValidationError as exc:
-            return ControlAnswer(exc.status, b"unauthorized")
+            return self._finish(ControlAnswer(exc.status, b"unauthorized"), request.kind, setup)
         if self.claims is not None and claims.id() != self.claims.id():
-            return ControlAnswer(401, b"token identity does not match the session")
+            answer = ControlAnswer(401, b"token identity does not match the session")
+            return self._finish(answer, request.kind, setup)
         if request.kind is RequestKind.SESSION_RENEWAL:
-            return self._renew(claims)
-        return self._assign(claims, request.requested)
+            return self._finish(self._renew(claims), request.kind, setup)
+        return self._assign(now, claims, request.requested, setup)
+
+    def _finish(self, answer: ControlAnswer, kind: RequestKind, setup: bool) -> Step:
+        if not setup:
+            return Step(answer=answer, close_if_unsent=_UNSENT)
+        if not answer.ok:
+            return Step(answer=answer, close=_REFUSED[kind], close_if_unsent=_REFUSED[kind])
+        return Step(
+            answer=answer,
+            close_if_unsent=_SETUP_UNSENT,
+            established=kind is RequestKind.ADDRESS_ASSIGNMENT,
+        )
 
     def _renew(self, claims: TokenT) -> ControlAnswer:
         new = next_state(self.state, TunnelEvent.SESSION_RENEWED)
@@ -199,30 +395,42 @@ class TunnelStateMachine(Generic[TokenT]):
         self._set(new, self.allocation)
         return ControlAnswer(200, encode_session_renewal_response(valid_until))
 
-    def _assign(self, claims: TokenT, requested: tuple[AddressRange, ...]) -> ControlAnswer:
+    def _assign(
+        self, now: float, claims: TokenT, requested: tuple[AddressRange, ...], setup: bool
+    ) -> Step:
+        kind = RequestKind.ADDRESS_ASSIGNMENT
         if len(requested) > 1:
-            return ControlAnswer(501, b"multiple address assignments are not supported")
+            answer = ControlAnswer(501, b"multiple address assignments are not supported")
+            return self._finish(answer, kind, setup)
         try:
             wanted = tuple(r.to_request() for r in requested) or _ANY_ADDRESS
         except InvalidAddressRange:
-            return ControlAnswer(
+            answer = ControlAnswer(
                 400, b"a requested address assignment contained an invalid address range"
             )
+            return self._finish(answer, kind, setup)
         try:
             new = next_state(self.state, TunnelEvent.ADDRESS_ASSIGNED)
         except InvalidTransition:
-            return ControlAnswer(500, b"session state invalid")
-        allocation = None
+            return self._finish(ControlAnswer(500, b"session state invalid"), kind, setup)
+        granted = None
         for isd_as, prefix in wanted:
             try:
-                allocation = self._allocator.allocate(isd_as, prefix, claims)
+                granted = self._allocator.grant(now, isd_as, prefix, claims)
                 break
             except AddressAllocationError:
                 continue
-        if allocation is None:
-            return ControlAnswer(
-                400, b"either requested address is unavailable, or no addresses are available"
-            )
+        if granted is None:
+            return self._finish(_NOT_STORED, kind, setup)
+        allocation, change = granted
+        if change is not None:  # written before it is answered: see stored()
+            self._pending = _Pending(change, claims, allocation, new, setup)
+            return Step(store=change)
+        return self._finish(self._commit(claims, allocation, new), kind, setup)
+
+    def _commit(
+        self, claims: TokenT, allocation: AddressAllocation, new: TunnelState
+    ) -> ControlAnswer:
         self.claims = claims
         self._set(new, allocation)
         # Same call as the grant: an older tunnel of this identity closes before anything runs.
@@ -230,13 +438,18 @@ class TunnelStateMachine(Generic[TokenT]):
         body = encode_address_assign_response([AddressRange.from_endhost(allocation.address)])
         return ControlAnswer(200, body)
 
-    def shutdown(self) -> None:
-        """Close the tunnel for good; its address goes on hold if this tunnel held the grant."""
+    def shutdown(self, now: float) -> GrantChange | None:
+        """Close the tunnel for good; its address goes on hold if this tunnel held the grant.
+
+        Returns the hold for the caller to write (None if nothing changed).
+        """
+        change = None
         if self.allocation is not None and not self.is_closed:
             identity = self.allocation.id.id
             if self._registry.release(identity, self):
-                self._allocator.put_on_hold(self.allocation.id)
+                change = self._allocator.hold(now, self.allocation.id)
         self._set(next_state(self.state, TunnelEvent.SHUTDOWN), self.allocation)
+        return change
 
     def on_replaced(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` (once) when a newer tunnel of this identity replaces this one."""

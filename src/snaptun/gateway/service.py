@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from snaptun.errors import (
 from snaptun.gateway.config import GatewayConfig
 from snaptun.gateway.dataplane import Dataplane, TunnelPort
 from snaptun.gateway.events import EventLog
+from snaptun.gateway.grant_writer import GrantWriter
 from snaptun.gateway.http import HttpServer, metrics_route
 from snaptun.gateway.metrics import GatewayMetrics
 from snaptun.gateway.state_dir import (
@@ -128,7 +130,12 @@ class Gateway:
             dev = None if cfg.token_keys else files
             validator = JwtTokenValidator(load_token_keys(key_paths, dev=dev))
             manager = AddressManager(
-                cfg.isd_as, cfg.pools, hold_time=cfg.hold, reserved=cfg.gateway_addresses
+                cfg.isd_as,
+                cfg.pools,
+                hold_time=cfg.hold,
+                clock=self._clock,  # for the grant store's own calls (open, sweep, hold_all)
+                rng=random.SystemRandom(),
+                reserved=cfg.gateway_addresses,
             )
             try:
                 self._allocator = PersistentAllocator.open(
@@ -141,7 +148,15 @@ class Gateway:
             self._lock = None
             raise
         self.metrics.watch_free_addresses(self._allocator.free_count)
-        self._server: Server[Any] = Server(self._allocator, validator, self.metrics.library)
+        # Grants are written by the writer before they are answered (the core returns them).
+        writer = GrantWriter(self._allocator)
+        self._server: Server[Any] = Server(
+            self._allocator.manager,
+            validator,
+            self.metrics.library,
+            clock=self._clock,
+            store=writer,
+        )
         self._dataplane = Dataplane(
             self.metrics,
             gateway_addresses=cfg.gateway_addresses,
@@ -185,7 +200,7 @@ class Gateway:
             )
             metrics_at = self._http.address
         self._accepting = asyncio.ensure_future(self._accept_loop(self._endpoint))
-        self._sweeping = asyncio.ensure_future(self._sweep_loop(self._allocator))
+        self._sweeping = asyncio.ensure_future(self._sweep_loop(writer))
         report = StartReport(
             state=files,
             created=created,
@@ -207,11 +222,11 @@ class Gateway:
         )
         return report
 
-    async def _sweep_loop(self, allocator: PersistentAllocator) -> None:
+    async def _sweep_loop(self, writer: GrantWriter) -> None:
         """Delete ended holds from the store now and then (the allocator frees them lazily)."""
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
-            allocator.sweep()
+            writer.sweep()
 
     def _health(self) -> tuple[int, str, bytes]:
         ok = self._accepting is not None and not self._accepting.done()
