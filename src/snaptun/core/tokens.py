@@ -1,4 +1,4 @@
-"""Bearer tokens: claims, validators, minting and key files (PROTOCOL.md §7).
+"""Bearer tokens: claims, validators and minting (PROTOCOL.md §7); key files: snaptun.keyfiles.
 
 A server is generic over its claims type: anything that satisfies :class:`Token`
 (an identity, an expiry and the names of its required claims). SNAP tokens are
