@@ -597,3 +597,83 @@ def test_no_other_spelling_of_a_segment_is_accepted(index: int, last: str, suffi
 
 def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class _CountedClaims(_OtherClaims):
+    """_OtherClaims that count how often a payload was read (a full validation)."""
+
+    reads = 0
+
+    @classmethod
+    def from_claims(cls, claims: Mapping[str, object]) -> _OtherClaims:
+        cls.reads += 1
+        return super().from_claims(claims)
+
+
+def _counted(key: Ed25519PrivateKey, cache_size: int) -> JwtTokenValidator[_OtherClaims]:
+    _CountedClaims.reads = 0
+    return JwtTokenValidator([key.public_key()], _CountedClaims, cache_size=cache_size)
+
+
+def _other_token(key: Ed25519PrivateKey, sub: str, until: int = EXP) -> str:
+    return jwt.encode({"sub": sub, "until": until}, key, algorithm="EdDSA")
+
+
+def test_a_token_accepted_again_is_not_verified_again(key: Ed25519PrivateKey) -> None:
+    validator = _counted(key, cache_size=4)
+    token = _other_token(key, "alice")
+    first = validator.validate(NOW, token)
+    assert validator.validate(NOW + 1, token) is first
+    assert _CountedClaims.reads == 1
+
+
+def test_a_cached_token_still_expires_at_its_exp(key: Ed25519PrivateKey) -> None:
+    validator = _counted(key, cache_size=4)
+    token = _other_token(key, "alice")
+    validator.validate(NOW, token)
+    assert validator.validate(float(EXP), token).until == EXP  # now == exp is still valid
+    with pytest.raises(TokenExpired):
+        validator.validate(EXP + 1.0, token)
+    assert _CountedClaims.reads == 1  # the refusal came from the cached claims
+
+
+def test_refused_tokens_are_not_cached(key: Ed25519PrivateKey) -> None:
+    validator = _counted(key, cache_size=4)
+    expired = _other_token(key, "bob", until=EXP - 1_000)
+    for _ in range(2):
+        with pytest.raises(TokenExpired):
+            validator.validate(NOW, expired)
+    assert _CountedClaims.reads == 2
+    forged = _other_token(generate_signing_key(), "bob")
+    for _ in range(2):
+        with pytest.raises(InvalidSignature):
+            validator.validate(NOW, forged)
+    assert _CountedClaims.reads == 2  # a bad signature is refused before the claims are read
+
+
+def test_the_cache_keeps_only_the_most_recent_tokens(key: Ed25519PrivateKey) -> None:
+    validator = _counted(key, cache_size=2)
+    a, b, c = (_other_token(key, name) for name in "abc")
+    validator.validate(NOW, a)
+    validator.validate(NOW, b)
+    validator.validate(NOW, a)  # a is now the most recent: b goes first
+    validator.validate(NOW, c)
+    assert _CountedClaims.reads == 3
+    validator.validate(NOW, a)
+    assert _CountedClaims.reads == 3
+    validator.validate(NOW, b)
+    assert _CountedClaims.reads == 4
+
+
+def test_a_cache_size_of_zero_verifies_every_time(key: Ed25519PrivateKey) -> None:
+    validator = _counted(key, cache_size=0)
+    token = _other_token(key, "alice")
+    validator.validate(NOW, token)
+    validator.validate(NOW, token)
+    assert _CountedClaims.reads == 2
+
+
+@pytest.mark.parametrize("size", [-1, 1.5, True])
+def test_a_bad_cache_size_is_refused(key: Ed25519PrivateKey, size: object) -> None:
+    with pytest.raises(ValueError, match="cache_size"):
+        JwtTokenValidator([key.public_key()], cache_size=size)  # type: ignore[arg-type]

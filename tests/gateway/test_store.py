@@ -6,6 +6,8 @@ import ipaddress
 import logging
 import random
 import sqlite3
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -482,3 +484,80 @@ def test_failed_hold_all_raises(db: Path) -> None:
     clock.advance(1)
     with PersistentAllocator.open(manager(clock), db) as again:
         assert again.grants() == [Grant(who(A), ip("10.0.0.1"), GrantState.HELD, T0 + 1 + HOLD)]
+
+
+# --- durability: grants synced, holds and frees not -------------------------------------------
+
+
+def _synchronous(store: GrantStore) -> int:
+    row = store._db.execute("PRAGMA synchronous").fetchone()  # 2 = FULL, 1 = NORMAL
+    return int(row[0])
+
+
+def test_grants_are_synced_and_holds_and_frees_are_not(db: Path) -> None:
+    clock = FakeClock()
+    with PersistentAllocator.open(manager(clock), db) as allocator:
+        statements: list[str] = []
+        allocator.store._db.set_trace_callback(statements.append)
+        allocator.allocate(OWN, host("10.0.0.1"), claims(A))
+        assert statements[0] == "BEGIN IMMEDIATE"  # at the connection's FULL
+        assert not any("synchronous" in s for s in statements)
+        assert _synchronous(allocator.store) == 2
+        for change in (allocator.put_on_hold, allocator.deallocate):
+            statements.clear()
+            assert change(alloc_id(A))
+            assert statements[:2] == ["PRAGMA synchronous=NORMAL", "BEGIN IMMEDIATE"]
+            assert statements[-2:] == ["COMMIT", "PRAGMA synchronous=FULL"]
+            assert _synchronous(allocator.store) == 2
+        assert stored(db) == []
+
+
+def test_a_failed_unsynced_write_leaves_the_store_synced(db: Path) -> None:
+    clock = FakeClock()
+    with PersistentAllocator.open(manager(clock), db, busy_timeout=0.05) as allocator:
+        allocator.allocate(OWN, host("10.0.0.1"), claims(A))
+        with write_locked(db):
+            assert allocator.put_on_hold(alloc_id(A))  # the write fails, logged
+        assert _synchronous(allocator.store) == 2
+        with pytest.raises(GrantStoreError), write_locked(db):
+            allocator.store.put(Grant(who(B), ip("10.0.0.2"), GrantState.HELD, T0), sync=False)
+        assert _synchronous(allocator.store) == 2
+
+
+_CRASHING_WRITER = """
+import ipaddress, random, sys, time, uuid
+from snaptun.core.addressing import IsdAs
+from snaptun.core.allocator import AddressAllocationId, AddressManager
+from snaptun.core.tokens import SnapTokenClaims
+from snaptun.gateway.store import PersistentAllocator
+
+own = IsdAs.parse("1-ff00:0:110")
+manager = AddressManager(own, [ipaddress.ip_network("10.0.0.0/30")], hold_time=600.0,
+                         clock=lambda: 1_000_000.0, rng=random.Random(7))
+allocator = PersistentAllocator.open(manager, sys.argv[1])
+for n in (1, 2):
+    allocator.allocate(own, ipaddress.ip_network("10.0.0.%d/32" % n),
+                       SnapTokenClaims(uuid.UUID(int=n), 2_000_000_000))
+allocator.put_on_hold(AddressAllocationId(own, str(uuid.UUID(int=1))))
+print("written", flush=True)
+time.sleep(60)
+"""
+
+
+def test_an_unsynced_hold_survives_kill_9(db: Path) -> None:
+    """The process dies without closing the store: its grant and unsynced hold are in the file."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CRASHING_WRITER, str(db)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == "written\n"
+    finally:
+        child.kill()  # SIGKILL: no close, no checkpoint
+        child.wait(10)
+        if child.stdout is not None:
+            child.stdout.close()
+    assert stored(db) == [
+        Grant(who(A), ip("10.0.0.1"), GrantState.HELD, T0 + HOLD),
+        Grant(who(B), ip("10.0.0.2"), GrantState.ACTIVE),
+    ]

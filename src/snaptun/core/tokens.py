@@ -34,6 +34,13 @@ and an ``aud`` claim is refused because no audience is configured.
 
 Expiry is checked against the ``now`` given by the caller, never the wall clock.
 Nothing here does I/O; key files are read and written by :mod:`snaptun.keyfiles`.
+
+A :class:`JwtTokenValidator` remembers the claims of the last tokens it
+accepted (a bounded LRU keyed by the exact token string), because a tunnel's
+setup presents one token twice (renew, then assign): the second check costs a
+dictionary lookup instead of an Ed25519 verification. Only accepted tokens are
+kept, and expiry is checked against ``now`` on every call, so every refusal
+is what it would have been without the cache.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ import json
 import math
 import re
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Generic, Protocol, TypeVar, overload
@@ -58,6 +66,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from snaptun.errors import InvalidSignature, MalformedToken, TokenExpired
 
 __all__ = [
+    "DEFAULT_CLAIMS_CACHE",
     "ClaimsType",
     "JwtTokenValidator",
     "SnapTokenClaims",
@@ -72,6 +81,9 @@ __all__ = [
 
 #: The only JWS algorithm accepted or produced (Ed25519 signatures).
 JWT_ALGORITHM: Final = "EdDSA"
+
+#: Accepted tokens whose claims a JwtTokenValidator remembers (about 0.5 KiB each).
+DEFAULT_CLAIMS_CACHE: Final = 256
 
 #: Largest value of a numeric claim: the protobuf's uint64 (``valid_until``).
 MAX_UINT64: Final = 2**64 - 1
@@ -205,12 +217,20 @@ class JwtTokenValidator(Generic[TokenT]):
     secret) and RSA tokens are refused as malformed before any key is tried.
     A token carrying an ``aud`` claim is refused as malformed, as the reference
     validator does when no audience is configured.
+
+    The claims of the last ``cache_size`` accepted tokens are kept (LRU, keyed
+    by the exact token string; 0 keeps none) and handed out again, the same
+    object, so a claims type must be immutable to be cached. A cached token is
+    still checked for expiry against ``now`` every time; a refused token is
+    never kept, so it is checked in full again.
     """
 
     @overload
     def __init__(
         self: JwtTokenValidator[SnapTokenClaims],
         public_keys: Sequence[Ed25519PublicKey],
+        *,
+        cache_size: int = DEFAULT_CLAIMS_CACHE,
     ) -> None: ...
 
     @overload
@@ -218,13 +238,21 @@ class JwtTokenValidator(Generic[TokenT]):
         self,
         public_keys: Sequence[Ed25519PublicKey],
         claims_type: ClaimsType[TokenT],
+        *,
+        cache_size: int = DEFAULT_CLAIMS_CACHE,
     ) -> None: ...
 
     def __init__(
         self,
         public_keys: Sequence[Ed25519PublicKey],
         claims_type: ClaimsType[TokenT] | None = None,
+        *,
+        cache_size: int = DEFAULT_CLAIMS_CACHE,
     ) -> None:
+        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
+            raise ValueError(f"cache_size must be a non-negative integer, not {cache_size!r}")
+        self._cache_size = cache_size
+        self._cache: OrderedDict[str, TokenT] = OrderedDict()
         keys = tuple(public_keys)
         if not keys:
             raise ValueError("JwtTokenValidator needs at least one public key")
@@ -245,10 +273,20 @@ class JwtTokenValidator(Generic[TokenT]):
 
     def validate(self, now: float, token: str) -> TokenT:
         """Verify the signature, decode the claims and check expiry against ``now``."""
-        payload = self._verified_payload(token)
-        claims = self._claims_type.from_claims(payload)
+        cache = self._cache
+        claims = cache.get(token)
+        if claims is None:
+            claims = self._claims_type.from_claims(self._verified_payload(token))
+            if now > claims.exp_time():
+                raise TokenExpired(f"token expired at {claims.exp_time():.0f}")
+            if self._cache_size:
+                cache[token] = claims
+                if len(cache) > self._cache_size:
+                    cache.popitem(last=False)
+            return claims
         if now > claims.exp_time():
             raise TokenExpired(f"token expired at {claims.exp_time():.0f}")
+        cache.move_to_end(token)
         return claims
 
     def _verified_payload(self, token: str) -> dict[str, object]:
