@@ -141,7 +141,9 @@ class Gateway:
             self._lock.release()  # bad state: the directory is free again for a fixed start
             self._lock = None
             raise
-        self.metrics.watch_free_addresses(self._allocator.free_count)
+        self.metrics.watch_free_addresses(
+            self._allocator.free_count, sorted({pool.version for pool in cfg.pools})
+        )
         self._server: Server[Any] = Server(self._allocator, validator, self.metrics.library)
         self._dataplane = Dataplane(
             self.metrics,
