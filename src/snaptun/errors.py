@@ -39,7 +39,7 @@ per enum and one subclass per case::
     │   ├── DatagramTooLarge            larger than the peer's maximum datagram size
     │   ├── SendBufferFull              no room now; retry or use send_wait()
     │   └── DatagramsUnsupported        the peer did not enable DATAGRAM frames
-    ├── TokenValidationError            token outcomes of PROTOCOL.md §4
+    ├── TokenValidationError            a control request's token (its HTTP status)
     │   ├── InvalidSignature            HTTP 401
     │   ├── MalformedToken              HTTP 400
     │   └── TokenExpired                HTTP 401
