@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -71,3 +72,29 @@ def test_connect_reconnects_without_asyncio_noise(tmp_path: Path) -> None:
     assert stderr.count("cannot connect to the gateway") >= 2, stderr  # it did retry
     assert "never retrieved" not in stderr, stderr
     assert "Traceback" not in stderr, stderr
+
+
+def test_connect_stops_when_nobody_reads_its_output(tmp_path: Path) -> None:
+    """A closed stdout (`snaptun connect ... | head -1`) ends connect; no reconnect churn."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with run_gateway(tmp_path / "state", tmp_path / "gw.log", ("127.0.0.1", 9)) as gw:
+        try:
+            done = subprocess.run(
+                connect_argv(gw, gw.token()),
+                stdout=write_end,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=RUN_TIMEOUT,
+                env=_env(),
+                check=False,
+            )
+        finally:
+            os.close(write_end)
+        gw.stop()
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == ""  # no traceback, no "cannot connect ...: Broken pipe" retries
+    names = [
+        json.loads(line)["event"] for line in gw.log.read_text().splitlines() if line[:1] == "{"
+    ]
+    assert names.count("accepted") == 1, names
