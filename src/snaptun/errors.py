@@ -46,7 +46,7 @@ not drawn::
     │   ├── DatagramTooLarge            larger than the peer's maximum datagram size
     │   ├── SendBufferFull              no room now; retry or use send_wait()
     │   └── DatagramsUnsupported        the peer did not enable DATAGRAM frames
-    ├── TokenValidationError            token outcomes of PROTOCOL.md §4
+    ├── TokenValidationError            a control request's token (its HTTP status)
     │   ├── InvalidSignature            HTTP 401
     │   ├── MalformedToken              HTTP 400
     │   └── TokenExpired                HTTP 401
@@ -64,6 +64,7 @@ not drawn::
     │   ├── StateFileError              a state file is unreadable or damaged
     │   └── StateDirInUse               another gateway holds the directory's lock
     ├── GrantStoreError                 the grant database failed (gateway.store)
+    ├── BindError                       [OSError] a gateway socket could not be bound (gateway.bind)
     └── ClientError                     what the client side raises
         ├── ControlResponseError        a non-2xx answer (.status, .body)
         ├── MalformedResponse           an answer that is not the protocol's

@@ -1,4 +1,4 @@
-"""Every setup error path of PROTOCOL.md §2 and §4, seen as the close code the client gets."""
+"""Every setup error path (request, timeout, token, address) as the close code the client gets."""
 
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ async def test_oversized_head_is_too_big(certs: tuple[Path, Path]) -> None:
 
 
 async def test_oversized_assign_request_is_refused_at_once(certs: tuple[Path, Path]) -> None:
-    # The reference spins forever on this one (PROTOCOL.md §2); we close with code 1.
+    # The reference's reader spins forever on a 4096-byte request; we close with code 1.
     body = b"\x0a" * 4096
     big = encode_request(RequestKind.ADDRESS_ASSIGNMENT, TOKEN, body)
     started = time.monotonic()

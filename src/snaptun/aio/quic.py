@@ -262,6 +262,28 @@ class QuicConnection(QuicConnectionProtocol):
 
     # ---- connection ------------------------------------------------------------
 
+    async def wait_connected(self) -> None:
+        """Wait for the TLS handshake to complete; ConnectionError if the connection ends first.
+
+        qh3's own version leaves its shielded future behind when the wait is
+        cancelled (a handshake timeout): qh3 later sets a ConnectionError on
+        it that nobody retrieves, and asyncio logs "Future exception was never
+        retrieved" for every failed attempt. Here a cancelled wait takes its
+        future back (still shielded: qh3 may resolve it before we resume).
+        """
+        if self._connected:
+            return
+        assert self._connected_waiter is None, "already awaiting connected"
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._connected_waiter = waiter
+        try:
+            await asyncio.shield(waiter)
+        finally:
+            if self._connected_waiter is waiter:
+                self._connected_waiter = None
+            if waiter.done() and not waiter.cancelled():
+                waiter.exception()  # seen here; a cancelled wait has no one else to tell
+
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         packet = data if isinstance(data, bytes) else data.encode()
         if not self._peer_cid_known:
@@ -806,11 +828,6 @@ class QuicEndpoint:
                     await conn.wait_connected()
             except TimeoutError:
                 self.handshake_timeouts += 1
-                # qh3 fails its (shielded) handshake waiter when the connection ends;
-                # retrieve that, or asyncio logs "exception never retrieved" per timeout.
-                waiter = conn._connected_waiter
-                if waiter is not None:
-                    waiter.add_done_callback(_retrieve)
                 conn.close(0x1, "handshake timeout")  # frees it once qh3 ends the connection
                 return
             except ConnectionError:
@@ -831,12 +848,6 @@ class QuicEndpoint:
 
 
 _BACKGROUND: set[asyncio.Future[None]] = set()
-
-
-def _retrieve(future: asyncio.Future[None]) -> None:
-    """Mark a future's exception as seen (it is expected and of no interest)."""
-    if not future.cancelled():
-        future.exception()
 
 
 async def listen(

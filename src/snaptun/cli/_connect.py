@@ -5,8 +5,8 @@ per line on stdout: ``connected`` after every (re)connect, ``closed`` with the
 close code and reason each time a tunnel ends, ``error`` when it gives up, and
 a final ``stopped`` line with the counters. Exit code 0 after SIGINT/SIGTERM,
 1 when the gateway refuses the tunnel for good, replaces it with a newer
-tunnel of the same identity (final: no reconnect), or the reconnect attempts
-are exhausted.
+tunnel of the same identity (final: no reconnect), the reconnect attempts
+are exhausted, or stdout is a pipe nobody reads any more.
 """
 
 from __future__ import annotations
@@ -179,18 +179,29 @@ async def run_connect(args: argparse.Namespace, out: TextIO | None = None) -> in
         )
         return manager
 
+    reader_gone = False
+
+    def say(record: dict[str, Any]) -> None:
+        nonlocal reader_gone
+        try:
+            emit(record, stream)
+        except BrokenPipeError:
+            # Nobody reads our output any more (`snaptun connect ... | head -1`): stop,
+            # as the writer of a pipeline does, rather than take it for a tunnel failure.
+            reader_gone = True
+            bridge.stop()
+
     def connected(info: TunnelConnected) -> None:
-        emit(info.as_record(), stream)
+        say(info.as_record())
 
     def closed(lost: ConnectionLost) -> None:
-        emit(
+        say(
             {
                 "event": "closed",
                 "close_code": lost.code,
                 "close_reason": lost.reason,
                 "by_peer": lost.by_peer,
-            },
-            stream,
+            }
         )
 
     bridge = TunnelBridge(
@@ -216,11 +227,13 @@ async def run_connect(args: argparse.Namespace, out: TextIO | None = None) -> in
             bridge.forward_to = await _resolve(forward_host, forward_port, family)
         await bridge.run()
     except (BridgeError, TokenSourceError, OSError) as exc:
-        emit(_error_record(exc), stream)
+        say(_error_record(exc))
         code = 1
     finally:
         bridge.close()
         for sig in signals:
             loop.remove_signal_handler(sig)
-    emit({"event": "stopped", "exit_code": code, **bridge.counters.as_dict()}, stream)
-    return code
+    if reader_gone:
+        return 1
+    say({"event": "stopped", "exit_code": code, **bridge.counters.as_dict()})
+    return 1 if reader_gone else code

@@ -5,7 +5,8 @@ shows the effective result. On start it prints where its state lives and the
 certificate's fingerprint (stderr), then ``listening IP:PORT`` (stdout).
 SIGTERM/SIGINT: graceful shutdown, exit 0; a second signal exits at once.
 Exit 2 with one line: a bad setting, a state directory in use by another
-gateway, or a damaged state file (named, with what to do).
+gateway, a damaged state file (named, with what to do), or a socket that
+cannot be bound (``--underlay-bind 127.0.0.1:30041: address already in use``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 from prometheus_client import disable_created_metrics
 
 from snaptun.cli._common import format_socket_address, run_coroutine
+from snaptun.gateway.bind import BindError
 from snaptun.gateway.config import ConfigError, add_serve_arguments, render_toml, resolve_config
 from snaptun.gateway.events import EventLog
 from snaptun.gateway.service import Gateway
@@ -28,7 +30,12 @@ from snaptun.gateway.state_dir import StateError
 
 __all__ = ["register"]
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 def register(commands: Any) -> None:
@@ -52,14 +59,16 @@ def _run(args: argparse.Namespace) -> int:
     if args.print_config:
         sys.stdout.write(render_toml(config))
         return 0
+    level = _LEVELS[config.log_level]  # GatewayConfig admits only these names
     logging.basicConfig(
-        level=_LEVELS.get(config.log_level, logging.INFO),
+        level=level,
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("quic").setLevel(logging.ERROR)  # qh3 warns on every normal close
     disable_created_metrics()  # type: ignore[no-untyped-call]  # the *_created series only add noise to scrapes
-    return run_coroutine(_serve(Gateway(config, events=EventLog(sys.stderr))))
+    # Tunnel events are INFO lines: --log-level warning or error silences them.
+    return run_coroutine(_serve(Gateway(config, events=EventLog(sys.stderr, level=level))))
 
 
 async def _serve(gateway: Gateway) -> int:
@@ -78,7 +87,7 @@ async def _serve(gateway: Gateway) -> int:
         loop.add_signal_handler(sig, on_signal)
     try:
         report = await gateway.start()
-    except StateError as exc:  # in use, or a damaged file: what is wrong and what to do
+    except (StateError, BindError) as exc:  # what is wrong (which file, which setting)
         print(f"snaptun serve: {exc}", file=sys.stderr)
         return 2
     except (OSError, ValueError) as exc:

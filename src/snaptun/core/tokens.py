@@ -1,10 +1,10 @@
-"""Bearer tokens: claims, validators and minting (PROTOCOL.md §7); key files: snaptun.keyfiles.
+"""Bearer tokens (EdDSA JWTs): claims, validators, minting; key files: snaptun.keyfiles.
 
 A server is generic over its claims type: anything that satisfies :class:`Token`
 (an identity, an expiry and the names of its required claims). SNAP tokens are
 EdDSA (Ed25519) JWTs whose claims are :class:`SnapTokenClaims`.
 
-Validation outcomes, each with the HTTP status the server answers (§4)::
+Validation outcomes, each with the HTTP status the server answers::
 
     TokenValidationError
     ├── InvalidSignature   401  the signature verifies with none of the trusted keys

@@ -8,7 +8,7 @@ than the forwarding decision itself. The rest are ordinary prometheus metrics.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -92,9 +92,15 @@ class GatewayMetrics:
         drops = self.forwarding.drops
         drops[reason] = drops.get(reason, 0) + 1
 
-    def watch_free_addresses(self, free_count: Callable[[int], int]) -> None:
-        """Read the allocator's free count at scrape time."""
-        for version in (4, 6):
+    def watch_free_addresses(
+        self, free_count: Callable[[int], int], versions: Iterable[int] = (4, 6)
+    ) -> None:
+        """Read the allocator's free count at scrape time, for the IP versions that have a pool.
+
+        A version without a pool exports no series, so that "no address left"
+        (0) always means a pool ran out.
+        """
+        for version in versions:
             self.free_addresses.labels(str(version)).set_function(_reader(free_count, version))
 
     def watch_admission(

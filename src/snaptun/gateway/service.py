@@ -35,6 +35,7 @@ from snaptun.errors import (
     SessionExpired,
     TunnelReplaced,
 )
+from snaptun.gateway.bind import bound
 from snaptun.gateway.config import GatewayConfig
 from snaptun.gateway.dataplane import Dataplane, TunnelPort
 from snaptun.gateway.events import EventLog
@@ -147,7 +148,9 @@ class Gateway:
             self._lock.release()  # bad state: the directory is free again for a fixed start
             self._lock = None
             raise
-        self.metrics.watch_free_addresses(self._allocator.free_count)
+        self.metrics.watch_free_addresses(
+            self._allocator.free_count, sorted({pool.version for pool in cfg.pools})
+        )
         # Grants are written by the writer before they are answered (the core returns them).
         writer = GrantWriter(self._allocator)
         self._server: Server[Any] = Server(
@@ -166,7 +169,9 @@ class Gateway:
             scmp_rate=cfg.scmp_rate,
             scmp_burst=cfg.scmp_burst,
         )
-        underlay = await self._dataplane.open_underlay(cfg.underlay_bind)
+        underlay = await bound(
+            "underlay_bind", cfg.underlay_bind, self._dataplane.open_underlay(cfg.underlay_bind)
+        )
         settings = QuicSettings(
             udp_payload_size=cfg.mtu, send_queue=cfg.tunnel_queue, socket_buffer=cfg.socket_buffer
         )
@@ -176,14 +181,18 @@ class Gateway:
             source_burst=cfg.source_burst,
             retry=cfg.retry,  # type: ignore[arg-type]  # checked by GatewayConfig
         )
-        self._endpoint = await listen(
-            cfg.listen[0],
-            cfg.listen[1],
-            cert_file=cert,
-            key_file=key,
-            settings=settings,
-            admission=admission,
-            handshake_timeout=cfg.handshake_timeout,
+        self._endpoint = await bound(
+            "listen",
+            cfg.listen,
+            listen(
+                cfg.listen[0],
+                cfg.listen[1],
+                cert_file=cert,
+                key_file=key,
+                settings=settings,
+                admission=admission,
+                handshake_timeout=cfg.handshake_timeout,
+            ),
         )
         endpoint = self._endpoint
         self.metrics.watch_admission(
@@ -193,10 +202,14 @@ class Gateway:
         )
         metrics_at = None
         if cfg.metrics is not None:
-            self._http = await HttpServer.start(
-                cfg.metrics[0],
-                cfg.metrics[1],
-                {"/metrics": metrics_route(self.metrics.registry), "/healthz": self._health},
+            self._http = await bound(
+                "metrics",
+                cfg.metrics,
+                HttpServer.start(
+                    cfg.metrics[0],
+                    cfg.metrics[1],
+                    {"/metrics": metrics_route(self.metrics.registry), "/healthz": self._health},
+                ),
             )
             metrics_at = self._http.address
         self._accepting = asyncio.ensure_future(self._accept_loop(self._endpoint))

@@ -1,4 +1,4 @@
-"""Sans-I/O SCION packet codec and the gateway's packet policy (PROTOCOL.md §10).
+"""Sans-I/O SCION packet codec and the gateway's packet policy (docs/GATEWAY.md).
 
 Pure functions over bytes, following draft-dekater-scion-dataplane (headers,
 paths, pseudo-header checksum) and draft-dekater-scion-controlplane (SCMP).
