@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import re
 import subprocess
 from pathlib import Path
@@ -9,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from snaptun.cli._ping import PingStats, default_target
+from snaptun.cli._ping import PingStats, default_target, run_ping
 from snaptun.cli.main import build_parser, main
 from snaptun.core.addressing import EndhostAddress
 from tests.cli._procs import SNAPTUN, _env
@@ -133,3 +135,18 @@ def test_an_unreachable_gateway_exits_1(tmp_path: Path) -> None:
     done = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=_env(), check=False)
     assert done.returncode == 1
     assert "cannot open a tunnel" in done.stderr
+
+
+def test_in_process_against_a_real_gateway(tmp_path: Path) -> None:
+    """The same run inside the test process (so that coverage sees it), v6 too."""
+    with run_gateway(tmp_path / "state", tmp_path / "gw.log", ("127.0.0.1", 9)) as gw:
+        address = f"{gw.listen[0]}:{gw.listen[1]}"
+        args = parse(address, "--fingerprint", gw.fingerprint, "--token", gw.token())
+        args.count, args.interval, args.timeout = 2, 0.05, 2.0
+        args.desired = EndhostAddress.parse("1-ff00:0:110,fd00::7")
+        out = io.StringIO()
+        assert asyncio.run(run_ping(args, out)) == 0
+        lines = out.getvalue().splitlines()
+        assert lines[0].startswith("PING 1-ff00:0:110,fd00::1 from 1-ff00:0:110,fd00::7")
+        assert lines[1].startswith("40 bytes from 1-ff00:0:110,fd00::1: scmp_seq=0 time=")
+        assert "2 packets transmitted, 2 received, 0% packet loss" in lines
