@@ -110,8 +110,8 @@ class GatewayConfig:
     source_burst: int = 50  # new connections a source may open at once
     handshake_timeout: float = 5.0  # seconds a QUIC handshake may take
     retry: str = "auto"  # QUIC Retry: auto (near the half-open bound), always, never
-    scmp_rate: float = 10.0  # SCMP error answers per second per tunnel
-    scmp_burst: int = 20  # SCMP error answers a tunnel may get at once
+    scmp_rate: float = 10.0  # SCMP answers (errors, echo replies) per second per tunnel
+    scmp_burst: int = 20  # SCMP answers a tunnel may get at once
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -335,9 +335,13 @@ _OPTIONS: Final = (
         _float,
     ),
     _Option(
-        "scmp_rate", "--scmp-rate", "N", "SCMP error answers per second per tunnel (10)", _float
+        "scmp_rate",
+        "--scmp-rate",
+        "N",
+        "SCMP answers (errors, echo replies) per second per tunnel (10)",
+        _float,
     ),
-    _Option("scmp_burst", "--scmp-burst", "N", "SCMP error answers at once per tunnel (20)", _int),
+    _Option("scmp_burst", "--scmp-burst", "N", "SCMP answers at once per tunnel (20)", _int),
     _Option(
         "socket_buffer",
         "--socket-buffer",

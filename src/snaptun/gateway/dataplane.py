@@ -5,8 +5,11 @@
   otherwise it is dropped, counted by reason, and answered with an SCMP
   Parameter Problem, at most ``scmp_burst`` at once and ``scmp_rate`` per
   second per tunnel (suppressed answers are counted). A valid packet whose
-  destination is another tunnel's address is switched locally; everything
-  else goes to the border router over UDP.
+  destination is another tunnel's address is switched locally; an SCMP Echo
+  Request to the gateway's own address (``gateway_addresses`` in the tunnel's
+  ISD-AS) is answered with an Echo Reply over the reversed path, within the
+  same per-tunnel answer budget (``snaptun_gateway_scmp_echo_replies_total``);
+  everything else goes to the border router over UDP.
 * From the underlay: a packet goes into the tunnel whose address is its
   destination; unparsable packets and unknown destinations are dropped.
 
@@ -60,8 +63,10 @@ from snaptun.gateway.metrics import (
 )
 from snaptun.scion import (
     MAX_SCMP_ERROR_PACKET,
+    ScionDecodeError,
     build_parameter_problem,
     check_tunnel_packet,
+    echo_reply,
     may_answer_with_scmp_error,
 )
 from snaptun.scion.forwarding import (
@@ -79,6 +84,7 @@ log = logging.getLogger(__name__)
 
 _UNDERLAY = Verdict.UNDERLAY
 _DETACHED = Verdict.DETACHED
+_ECHO = Verdict.ECHO_REQUEST
 
 
 class TunnelPort(Route):
@@ -98,7 +104,7 @@ class TunnelPort(Route):
         self.gateway = gateway
         """The gateway's own address in the client's ISD-AS and IP family (SCMP source)."""
         self.scmp = scmp
-        """Bounds the SCMP error answers this tunnel can make the gateway build."""
+        """Bounds the SCMP answers (errors, echo replies) this tunnel can make the gateway build."""
         self.receiver: Receiver[Any] | None = None
         """Whose sink feeds this port, until :meth:`Dataplane.release`."""
 
@@ -127,7 +133,7 @@ class Dataplane:
         self._next_hop = next_hop
         self._underlay_limit = underlay_queue_bytes
         self._underlay_mode: Mode = underlay_mode
-        self._routes: RouteTable[TunnelPort] = RouteTable()
+        self._routes: RouteTable[TunnelPort] = RouteTable(self._gateway_addresses)
         self._udp: UdpSocket | None = None
         metrics.watch_queue("underlay", self.underlay_queue_bytes)
         metrics.watch_queue("tunnels", self.tunnel_queue_depth)
@@ -242,6 +248,8 @@ class Dataplane:
                 counters = self._counters
                 counters.packets[TUNNEL_TO_TUNNEL] += 1
                 counters.bytes[TUNNEL_TO_TUNNEL] += len(packet)
+        elif result is _ECHO:
+            self._echo(port, packet)
         else:
             self._metrics.drop(result.reason)
             if result is not _DETACHED:
@@ -301,6 +309,19 @@ class Dataplane:
             sent = self._counters.scmp_sent
             code = str(violation.code.value)
             sent[code] = sent.get(code, 0) + 1
+
+    def _echo(self, port: TunnelPort, request: bytes) -> None:
+        """Answer a ping of the gateway itself, back into the tunnel it came from."""
+        if not port.scmp.take(self._clock()):
+            self._counters.scmp_suppressed += 1
+            return
+        try:
+            reply = echo_reply(request)
+        except ScionDecodeError:
+            self._metrics.drop("invalid_scmp_echo")
+            return
+        if self._to_tunnel(port, reply):
+            self._counters.scmp_echo_replies += 1
 
 
 def _log_underlay_error(exc: OSError) -> None:

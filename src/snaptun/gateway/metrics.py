@@ -29,7 +29,7 @@ class ForwardingCounters:
     a labelled prometheus counter shows only the series it was asked for.
     """
 
-    __slots__ = ("bytes", "drops", "packets", "scmp_sent", "scmp_suppressed")
+    __slots__ = ("bytes", "drops", "packets", "scmp_echo_replies", "scmp_sent", "scmp_suppressed")
 
     def __init__(self) -> None:
         self.packets = [0] * len(DIRECTIONS)
@@ -37,6 +37,7 @@ class ForwardingCounters:
         self.drops: dict[str, int] = {}
         self.scmp_sent: dict[str, int] = {}
         self.scmp_suppressed = 0
+        self.scmp_echo_replies = 0
 
 
 class GatewayMetrics:
@@ -148,8 +149,13 @@ class _ForwardingCollector(Collector):
         )
         yield CounterMetricFamily(
             "snaptun_gateway_scmp_suppressed",
-            "SCMP error answers not sent because the tunnel's answer rate was exceeded.",
+            "SCMP answers not sent because the tunnel's answer rate was exceeded.",
             value=counters.scmp_suppressed,
+        )
+        yield CounterMetricFamily(
+            "snaptun_gateway_scmp_echo_replies",
+            "SCMP Echo Replies the gateway sent to pings of its own address.",
+            value=counters.scmp_echo_replies,
         )
 
 
