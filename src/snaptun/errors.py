@@ -175,10 +175,17 @@ class AcceptInternalError(AcceptError):
 
 
 class UnexpectedControlRequest(AcceptError):
-    """The client sent the wrong request, or a setup request was refused."""
+    """The client sent the wrong request, or a setup request was refused.
 
-    def __init__(self, detail: str = "unexpected control request") -> None:
+    ``refusal`` names the cause of a refusal in one word (``TokenExpired``,
+    ``UnknownKeyId``, ``AddressUnavailable``, ...; None for a wrong request).
+    """
+
+    def __init__(
+        self, detail: str = "unexpected control request", *, refusal: str | None = None
+    ) -> None:
         self.detail = detail
+        self.refusal = refusal
         super().__init__(detail)
 
 

@@ -34,6 +34,7 @@ from snaptun.errors import (
     ControlError,
     SessionExpired,
     TunnelReplaced,
+    UnexpectedControlRequest,
 )
 from snaptun.gateway.config import GatewayConfig
 from snaptun.gateway.dataplane import Dataplane, TunnelPort
@@ -345,6 +346,8 @@ class Gateway:
         cause = getattr(exc, "cause", None)
         if cause is not None:
             reason = f"{reason}:{type(cause).__name__}"
+        elif isinstance(exc, UnexpectedControlRequest) and exc.refusal is not None:
+            reason = f"{reason}:{exc.refusal}"  # e.g. UnexpectedControlRequest:TokenExpired
         self.metrics.setups.labels("refused", reason).inc()
         if isinstance(exc, AcceptInternalError):
             self.metrics.internal_errors.inc()
