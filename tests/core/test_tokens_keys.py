@@ -138,8 +138,11 @@ def test_jwks_round_trip_and_thumbprint() -> None:
     assert key_thumbprint(K1.public_key()) == expected.rstrip(b"=").decode()
 
 
+FIXED = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))  # stable test ids under xdist
+
+
 def _jwk(**members: object) -> str:
-    x = base64.urlsafe_b64encode(K1.public_key().public_bytes_raw()).rstrip(b"=").decode()
+    x = base64.urlsafe_b64encode(FIXED.public_key().public_bytes_raw()).rstrip(b"=").decode()
     return json.dumps({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, **members}]})
 
 
