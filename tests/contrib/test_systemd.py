@@ -86,8 +86,8 @@ def test_the_unit_sandboxes_the_gateway() -> None:
     assert settings["CapabilityBoundingSet"] == [""]
     assert settings["RestrictAddressFamilies"] == ["AF_INET AF_INET6 AF_UNIX"]
     assert "@system-service" in settings["SystemCallFilter"]
-    # No reload: the gateway does not handle SIGHUP (it would die of it).
-    assert "ExecReload" not in settings
+    # Reload is SIGHUP, on which the gateway reads its token key files again.
+    assert settings["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
 
 
 def test_execstart_is_a_valid_serve_command_on_the_state_directory() -> None:

@@ -140,6 +140,7 @@ def test_event_names() -> None:
         "started",
         "stopping",
         "stopped",
+        "keys_reloaded",
     }
 
 

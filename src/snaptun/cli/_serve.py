@@ -2,8 +2,10 @@
 
 Configuration: TOML file < ``SNAPTUN_*`` environment < flags; ``--print-config``
 shows the effective result. On start it prints where its state lives and the
-certificate's fingerprint (stderr), then ``listening IP:PORT`` (stdout).
-SIGTERM/SIGINT: graceful shutdown, exit 0; a second signal exits at once.
+certificate's fingerprint (stderr), then ``listening IP:PORT`` (stdout), then
+one shell line that connects a client (stderr). SIGHUP re-reads the token key
+files (a bad file keeps the old keys). SIGTERM/SIGINT: graceful shutdown, exit
+0; a second signal exits at once.
 Exit 2 with one line: a bad setting, a state directory in use by another
 gateway, a damaged state file (named, with what to do), or a socket that
 cannot be bound (``--underlay-bind 127.0.0.1:30041: address already in use``).
@@ -15,6 +17,7 @@ import argparse
 import asyncio
 import logging
 import os
+import shlex
 import signal
 import sys
 from typing import Any
@@ -25,7 +28,7 @@ from snaptun.cli._common import format_socket_address, run_coroutine
 from snaptun.gateway.bind import BindError
 from snaptun.gateway.config import ConfigError, add_serve_arguments, render_toml, resolve_config
 from snaptun.gateway.events import EventLog
-from snaptun.gateway.service import Gateway
+from snaptun.gateway.service import Gateway, StartReport, connect_address
 from snaptun.gateway.state_dir import StateError
 
 __all__ = ["register"]
@@ -71,6 +74,20 @@ def _run(args: argparse.Namespace) -> int:
     return run_coroutine(_serve(Gateway(config, events=EventLog(sys.stderr, level=level))))
 
 
+def client_command(report: StartReport) -> str:
+    """One shell line that connects a client on this host to the gateway just started.
+
+    With the state directory's dev key it first issues a token into
+    ``snaptun.token``; with operator keys the token file is the operator's.
+    """
+    address = format_socket_address(*connect_address(report.listen))
+    connect = f"snaptun connect {address} --fingerprint {report.fingerprint} --token-file"
+    if report.dev_key:
+        state = shlex.quote(str(report.state.root))
+        return f"snaptun token issue --state-dir {state} > snaptun.token && {connect} snaptun.token"
+    return f"{connect} TOKEN_FILE"
+
+
 async def _serve(gateway: Gateway) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -108,6 +125,9 @@ async def _serve(gateway: Gateway) -> int:
             file=sys.stderr,
         )
     print(f"listening {format_socket_address(*report.listen)}", flush=True)
+    # Only now: before start() has loaded the keys there is nothing to reload.
+    loop.add_signal_handler(signal.SIGHUP, gateway.reload_token_keys, "SIGHUP")
+    print(f"snaptun serve: client: {client_command(report)}", file=sys.stderr, flush=True)
     await stop.wait()
     await gateway.shutdown()
     return 0

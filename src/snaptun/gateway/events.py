@@ -40,6 +40,7 @@ class Event(StrEnum):
     STARTED = "started"  # the gateway listens
     STOPPING = "stopping"  # the gateway was asked to stop
     STOPPED = "stopped"  # the gateway has shut down
+    KEYS_RELOADED = "keys_reloaded"  # the token key files were read again (SIGHUP or a change)
 
 
 def _utcnow() -> datetime:

@@ -72,6 +72,12 @@ class GatewayMetrics:
             "Tunnels closed with code 5 because serving them raised something unexpected.",
             registry=reg,
         )
+        self.key_reloads = Counter(
+            "snaptun_gateway_token_key_reloads",
+            "Reloads of the token key files (SIGHUP or a change), by result (ok/failed).",
+            ["result"],
+            registry=reg,
+        )
         self.forwarding = ForwardingCounters()
         """The data plane's per-packet counters (plain integers, exported at scrape time)."""
         reg.register(_ForwardingCollector(self.forwarding))

@@ -9,7 +9,9 @@ reason, put every grant on hold, flush the store.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import random
 import time
 from collections.abc import Callable
@@ -27,13 +29,14 @@ from snaptun.constants import (
 )
 from snaptun.core.admission import AdmissionSettings
 from snaptun.core.allocator import AddressManager
-from snaptun.core.tokens import JwtTokenValidator
+from snaptun.core.tokens import ClaimsPolicy, JwtTokenValidator
 from snaptun.errors import (
     AcceptError,
     AcceptInternalError,
     ControlError,
     SessionExpired,
     TunnelReplaced,
+    UnexpectedControlRequest,
 )
 from snaptun.gateway.bind import bound
 from snaptun.gateway.config import GatewayConfig
@@ -52,8 +55,10 @@ from snaptun.gateway.state_dir import (
     lock_state_dir,
 )
 from snaptun.gateway.store import GrantStoreError, PersistentAllocator
+from snaptun.gateway.token_keys import POLL_INTERVAL, TokenKeys
+from snaptun.netaddr import format_socket_address
 
-__all__ = ["SHUTDOWN_CLOSE_CODE", "Gateway"]
+__all__ = ["CONNECT_FILE", "SHUTDOWN_CLOSE_CODE", "Gateway", "StartReport", "connect_address"]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +92,23 @@ class StartReport:
     fingerprint: str
     cert: Path
     token_keys: list[Path] = field(default_factory=list)
+    dev_key: bool = False
+    """Whether tokens are checked against the state directory's dev key (no operator keys)."""
+
+
+CONNECT_FILE: Final = "connect.json"
+"""In the state directory: where clients on this host reach the gateway, for
+``snaptun token issue --connect`` (written at every start)."""
+
+
+def connect_address(listen: tuple[str, int]) -> tuple[str, int]:
+    """The address a client on this host dials: the listen address, loopback for a wildcard."""
+    host, port = listen[0], listen[1]
+    if host in ("0.0.0.0", ""):  # noqa: S104 - recognising the wildcard, not binding it
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return host, port
 
 
 class Gateway:
@@ -106,6 +128,10 @@ class Gateway:
         self._live: dict[int, _Live] = {}
         self._accepting: asyncio.Task[None] | None = None
         self._sweeping: asyncio.Task[None] | None = None
+        self._watching: asyncio.Task[None] | None = None
+        self.token_keys: TokenKeys
+        """The token key files and the validator they feed (set by :meth:`start`)."""
+        self.key_poll_interval = POLL_INTERVAL
         self._endpoint: QuicEndpoint | None = None
         self._http: HttpServer | None = None
         self._allocator: PersistentAllocator | None = None
@@ -122,14 +148,24 @@ class Gateway:
         self._lock = lock_state_dir(cfg.state_dir)
         try:
             files, created = ensure_state(
-                cfg.state_dir, certificate=cfg.cert is None, dev_key=not cfg.token_keys
+                cfg.state_dir,
+                certificate=cfg.cert is None,
+                dev_key=not (cfg.token_keys or cfg.token_jwks),
             )
             cert = cfg.cert or files.cert
             key = cfg.key or files.key
             check_tls_files(Path(cert), Path(key), generated=cfg.cert is None)
-            key_paths = list(cfg.token_keys) or [files.signing_public_key]
-            dev = None if cfg.token_keys else files
-            validator = JwtTokenValidator(load_token_keys(key_paths, dev=dev))
+            operator_keys = bool(cfg.token_keys or cfg.token_jwks)
+            dev_paths = [] if operator_keys else [files.signing_public_key]
+            key_paths = list(cfg.token_keys) or dev_paths
+            policy = ClaimsPolicy(cfg.token_issuer, cfg.token_audience, cfg.token_leeway)
+            if operator_keys:
+                load_token_keys(key_paths, dev=None)  # PEM problems named with their remedy
+                self.token_keys = TokenKeys.open(key_paths, cfg.token_jwks, policy)
+            else:  # the dev key: checked against its private half (a clear error if damaged)
+                dev_keys = load_token_keys(key_paths, dev=files)
+                validator = JwtTokenValidator(dev_keys, policy=policy)
+                self.token_keys = TokenKeys(validator, key_paths, ())
             manager = AddressManager(
                 cfg.isd_as,
                 cfg.pools,
@@ -155,7 +191,7 @@ class Gateway:
         writer = GrantWriter(self._allocator)
         self._server: Server[Any] = Server(
             self._allocator.manager,
-            validator,
+            self.token_keys.validator,
             self.metrics.library,
             clock=self._clock,
             store=writer,
@@ -214,6 +250,7 @@ class Gateway:
             metrics_at = self._http.address
         self._accepting = asyncio.ensure_future(self._accept_loop(self._endpoint))
         self._sweeping = asyncio.ensure_future(self._sweep_loop(writer))
+        self._watching = asyncio.ensure_future(self._watch_keys())
         report = StartReport(
             state=files,
             created=created,
@@ -222,8 +259,10 @@ class Gateway:
             metrics=metrics_at,
             fingerprint=fingerprint_of(Path(cert).read_bytes()),  # noqa: ASYNC240 - start-up only
             cert=Path(cert),
-            token_keys=key_paths,
+            token_keys=[*key_paths, *cfg.token_jwks],
+            dev_key=not operator_keys,
         )
+        _write_connect_file(files.root / CONNECT_FILE, report)
         self.events.emit(
             "started",
             listen=_fmt(report.listen),
@@ -240,6 +279,22 @@ class Gateway:
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             writer.sweep()
+
+    async def _watch_keys(self) -> None:
+        """Reload the token keys when one of their files changes."""
+        while True:
+            await asyncio.sleep(self.key_poll_interval)
+            if self.token_keys.changed():
+                self.reload_token_keys("file changed")
+
+    def reload_token_keys(self, why: str = "SIGHUP") -> bool:
+        """Re-read the token key files now; a bad file keeps the old keys (logged once)."""
+        ok = self.token_keys.reload(why)
+        self.metrics.key_reloads.labels("ok" if ok else "failed").inc()
+        keys = self.token_keys.validator.key_set
+        if ok:
+            self.events.emit("keys_reloaded", why=why, keys=len(keys), kids=",".join(keys.kids))
+        return ok
 
     def _health(self) -> tuple[int, str, bytes]:
         ok = self._accepting is not None and not self._accepting.done()
@@ -358,6 +413,8 @@ class Gateway:
         cause = getattr(exc, "cause", None)
         if cause is not None:
             reason = f"{reason}:{type(cause).__name__}"
+        elif isinstance(exc, UnexpectedControlRequest) and exc.refusal is not None:
+            reason = f"{reason}:{exc.refusal}"  # e.g. UnexpectedControlRequest:TokenExpired
         self.metrics.setups.labels("refused", reason).inc()
         if isinstance(exc, AcceptInternalError):
             self.metrics.internal_errors.inc()
@@ -378,6 +435,8 @@ class Gateway:
             self._accepting.cancel()  # no new tunnels from here on
         if self._sweeping is not None:
             self._sweeping.cancel()
+        if self._watching is not None:
+            self._watching.cancel()
         tasks = []
         for live in list(self._live.values()):
             if live.sender is not None:
@@ -409,3 +468,22 @@ def _fmt(address: tuple[str, int] | None) -> str:
         return "-"
     host, port = address[0], address[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _write_connect_file(path: Path, report: StartReport) -> None:
+    """Where and how to reach this gateway (address, fingerprint, dev key), replaced atomically.
+
+    A failure is logged, not fatal: the file is a convenience for ``token issue --connect``.
+    """
+    host, port = connect_address(report.listen)
+    record = {
+        "address": format_socket_address(host, port),
+        "fingerprint": report.fingerprint,
+        "dev_key": report.dev_key,
+    }
+    temporary = path.with_suffix(".tmp")
+    try:
+        temporary.write_text(json.dumps(record) + "\n")
+        os.replace(temporary, path)
+    except OSError as exc:
+        log.warning("cannot write %s: %s", path, exc)
