@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from snaptun.aio import quic
 from snaptun.aio.client import ClientBuilder, ClientControl, ClientReceiver, ClientSender
 from tests.aio.harness import TOKEN, Harness, running_server
+from tests.conftest import SNAPTUN_REF
 
 LOOPBACK = "127.0.0.1"
 ECHO_WAIT = 0.25
@@ -230,3 +234,43 @@ async def test_a_forged_or_replayed_datagram_from_the_old_address_moves_nothing(
             # checked before the client sends again (its next packet would win anyway)
             assert server_side(harness).remote_address == (LOOPBACK, nat.outside_port)
             assert await tunnel.echoes_lost(5) == 0
+
+
+@pytest.mark.skipif(not SNAPTUN_REF.exists(), reason=f"snaptun-ref not found at {SNAPTUN_REF}")
+async def test_the_rust_client_moves_and_comes_back(certs: tuple[Path, Path]) -> None:
+    """snaptun-ref's client renews every 0.3 s while the NAT moves it and back."""
+    async with running_server(certs) as harness:
+        nat = RebindingNat((LOOPBACK, harness.port))
+        await nat.start()
+        proc = await asyncio.create_subprocess_exec(
+            str(SNAPTUN_REF),
+            "client",
+            f"--connect={LOOPBACK}:{nat.port}",
+            f"--ca={certs[0]}",
+            "--count=3",
+            "--hold=2.4",
+            "--renew-every=0.3",
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            assert proc.stdout is not None
+            established = await asyncio.wait_for(proc.stdout.readline(), 10)
+            assert b'"established"' in established
+            first = nat.current
+            await asyncio.sleep(0.5)
+            await nat.rebind()
+            await asyncio.sleep(0.8)
+            moved = nat.outside_port
+            nat.return_to(first)
+            await asyncio.sleep(0.8)
+            assert server_side(harness).remote_address == (LOOPBACK, nat.outside_port)
+            assert nat.outside_port != moved
+            out, err = await asyncio.wait_for(proc.communicate(), 10)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            nat.close()
+        assert proc.returncode == 0, (out.decode()[-500:], err.decode()[-500:])
+        assert b'"ok":true' in out
