@@ -347,9 +347,14 @@ class Gateway:
             me.sender = sender
         identity = control.machine.identity()
         address = sender.assigned_addresses[0]
+
+        def here() -> str:
+            """The client's address now: a roaming client's changes (NAT rebinding)."""
+            return _fmt(conn.remote_address) if conn.remote_address else remote
+
         self.metrics.setups.labels("accepted", "").inc()
         self.metrics.active_tunnels.inc()
-        self.events.emit("accepted", remote=remote, identity=identity, address=str(address))
+        self.events.emit("accepted", remote=here(), identity=identity, address=str(address))
         # From here the tunnel's packets reach the data plane through the receiver's sink.
         port = self._dataplane.attach(sender, control, receiver)
         # Newest wins: the route goes the moment a newer tunnel takes the grant over.
@@ -361,10 +366,10 @@ class Gateway:
             current = machine.addresses()[0] if machine.allocation else address
             if current != state["address"]:
                 state["address"] = current
-                self.events.emit("assigned", remote=remote, identity=identity, address=str(current))
+                self.events.emit("assigned", remote=here(), identity=identity, address=str(current))
             else:
                 self.events.emit(
-                    "renewed", remote=remote, identity=identity, valid_until=machine.session_expiry
+                    "renewed", remote=here(), identity=identity, valid_until=machine.session_expiry
                 )
 
         control.on_change(changed)
@@ -372,7 +377,7 @@ class Gateway:
             await self._drive(
                 conn,
                 control,
-                lambda: {"remote": remote, "identity": identity, "address": str(state["address"])},
+                lambda: {"remote": here(), "identity": identity, "address": str(state["address"])},
             )
         finally:
             self._dataplane.release(port)
