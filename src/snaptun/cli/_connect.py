@@ -129,7 +129,8 @@ def register(commands: Any) -> None:
         "--max-reconnects",
         type=checked(at_least(int, 0), "count"),
         metavar="N",
-        help="give up after N failed reconnect attempts in a row (default: never)",
+        help="give up after N failed reconnect attempts in a row, each a round over all "
+        "gateways (default: never)",
     )
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="log to stderr (-vv: debug)"
