@@ -259,6 +259,10 @@ class QuicConnection(QuicConnectionProtocol):
         self._peer_cid_length = _MAX_CID_LENGTH
         self._peer_cid_known = False
         self._transmit_deferred = False
+        if quic._quic_logger is None:
+            # qh3 parses and copies every packet it sends to log it, even with no
+            # logger to log to: 0.8 us per packet, about 5% of a 1200 B round trip.
+            quic._log_packets = _no_packet_log  # type: ignore[method-assign]
 
     # ---- connection ------------------------------------------------------------
 
@@ -612,6 +616,10 @@ class QuicConnection(QuicConnectionProtocol):
             self._quic.send_ping(self._ping_uid)
         self._transmit_now()
         self._arm_keepalive()
+
+
+def _no_packet_log(event: str, data: bytes) -> None:
+    """qh3's per-packet log hook where there is no logger: nothing to do."""
 
 
 def _wake(waiter: asyncio.Future[None] | None) -> None:
