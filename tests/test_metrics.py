@@ -39,9 +39,9 @@ def test_registries_keep_servers_apart_and_one_registry_takes_one_set() -> None:
 
 class _Conn:
     def __init__(self) -> None:
-        self.sink: Callable[[bytes], None] | None = None
+        self.sink: Callable[[list[bytes]], None] | None = None
 
-    def set_datagram_sink(self, sink: Callable[[bytes], None] | None) -> None:
+    def set_datagram_sink(self, sink: Callable[[list[bytes]], None] | None) -> None:
         self.sink = sink
 
 
@@ -56,12 +56,19 @@ def test_packets_handed_to_a_sink_are_counted_as_received() -> None:
     got: list[bytes] = []
     receiver.set_sink(got.append)
     assert conn.sink is not None
-    conn.sink(b"a")
-    conn.sink(b"b")
-    assert got == [b"a", b"b"]
-    assert _value(metrics, "snaptun_datagrams_received_total") == 2
+    conn.sink([b"a"])
+    conn.sink([b"b", b"c"])  # a burst: one by one to a packet sink
+    assert got == [b"a", b"b", b"c"]
+    assert _value(metrics, "snaptun_datagrams_received_total") == 3
+    bursts: list[list[bytes]] = []
+    receiver.set_batch_sink(bursts.append)
+    conn.sink([b"d", b"e"])
+    assert bursts == [[b"d", b"e"]]
+    assert _value(metrics, "snaptun_datagrams_received_total") == 5
     receiver.set_sink(None)
     assert conn.sink is None
     machine.is_closed = True
     with pytest.raises(ReceiveConnectionClosed):
         receiver.set_sink(got.append)
+    with pytest.raises(ReceiveConnectionClosed):
+        receiver.set_batch_sink(bursts.append)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from snaptun.aio import quic
+from snaptun.errors import ConnectionLost
 
 
 @pytest.mark.parametrize("batched", [True, False], ids=["batched", "plain"])
@@ -25,13 +26,22 @@ async def test_both_socket_paths_carry_a_burst_both_ways_in_order(
         async with quic.connect("127.0.0.1", endpoint.local_address[1], ca_file=cert) as conn:
             server_side = await endpoint.accept()
             echoed: list[bytes] = []
-            server_side.set_datagram_sink(server_side.send_datagram)  # an echo
+            bursts: list[int] = []
+
+            def echo(datagrams: list[bytes]) -> None:
+                bursts.append(len(datagrams))
+                assert server_side.send_datagrams(datagrams)  # all or none: here all
+
+            server_side.set_datagram_sink(echo)
             for i in range(200):  # several GSO/GRO batches of full-size packets
                 await conn.send_datagram_wait(i.to_bytes(2, "big") + bytes(1200))
             async with asyncio.timeout(5):
                 while len(echoed) < 200:
                     echoed.append(await conn.receive_datagram())
             assert [int.from_bytes(d[:2], "big") for d in echoed] == list(range(200))
+            assert sum(bursts) == 200
+            # A batch read hands its datagrams over together; a plain read has one packet.
+            assert (max(bursts) > 1) is batched
     finally:
         endpoint.close()
 
@@ -53,9 +63,10 @@ async def test_sink_gets_queued_datagrams_first_then_live_ones_and_can_be_remove
             got: list[bytes] = []
             live = asyncio.Event()
 
-            def sink(data: bytes) -> None:
-                got.append(data)
-                if data == b"live":
+            def sink(datagrams: list[bytes]) -> None:
+                assert datagrams  # never an empty list
+                got.extend(datagrams)
+                if b"live" in datagrams:
                     live.set()
 
             server_side.set_datagram_sink(sink)
@@ -66,6 +77,29 @@ async def test_sink_gets_queued_datagrams_first_then_live_ones_and_can_be_remove
             await conn.send_datagram_wait(b"back to receive")
             assert await asyncio.wait_for(server_side.receive_datagram(), 2) == b"back to receive"
             assert got == [b"waiting", b"live"]
+    finally:
+        endpoint.close()
+
+
+async def test_send_datagrams_queues_all_or_none(certs: tuple[Path, Path]) -> None:
+    cert, key = certs
+    settings = quic.QuicSettings(send_queue=4)
+    endpoint = await quic.listen("127.0.0.1", 0, cert_file=cert, key_file=key, settings=settings)
+    try:
+        async with quic.connect("127.0.0.1", endpoint.local_address[1], ca_file=cert) as conn:
+            server_side = await endpoint.accept()
+            limit = server_side.max_datagram_size
+            assert limit is not None
+            assert not server_side.send_datagrams([b"x"] * 5)  # no room for all five
+            assert not server_side.send_datagrams([b"x", bytes(limit + 1)])  # one too large
+            assert server_side.send_queue_depth == 0
+            assert server_side.send_datagrams([b"%d" % i for i in range(4)])
+            assert server_side.send_queue_depth == 4
+            got = [await asyncio.wait_for(conn.receive_datagram(), 5) for _ in range(4)]
+            assert got == [b"0", b"1", b"2", b"3"]
+            server_side.close()
+            with pytest.raises(ConnectionLost):
+                server_side.send_datagrams([b"late"])
     finally:
         endpoint.close()
 

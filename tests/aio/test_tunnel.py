@@ -153,6 +153,32 @@ async def test_second_assignment_gives_a_fresh_sender(certs: tuple[Path, Path]) 
             tunnel.sender.send(b"again")
 
 
+async def test_send_many_sends_a_burst_whole_or_not_at_all(certs: tuple[Path, Path]) -> None:
+    async with running_server(certs) as harness, harness.connect() as conn:
+        _, receiver, control = await ClientBuilder(TOKEN).connect(conn)
+        sender = (await harness.next_tunnel()).sender
+        limit = sender.max_packet_size
+        assert limit is not None
+        assert sender.send_many([b"one", b"two"])
+        assert [await asyncio.wait_for(receiver.receive(), 5) for _ in range(2)] == [b"one", b"two"]
+        assert not sender.send_many([b"three", b"\x01" * (limit + 1)])  # one too large: none
+        sender.send(b"four")
+        assert await asyncio.wait_for(receiver.receive(), 5) == b"four"
+        wanted = EndhostAddress.parse(f"{ISD_AS},10.0.0.201")
+        await control.assign_addresses([wanted])
+        assert not sender.send_many([b"five"])  # send() tells why: a new Sender
+        with pytest.raises(NewAssignedAddress) as change:
+            sender.send(b"five")
+        fresh = change.value.sender
+        assert fresh.send_many([b"five"])
+        assert await asyncio.wait_for(receiver.receive(), 5) == b"five"
+        conn.close()
+        await asyncio.sleep(0.1)
+        assert not fresh.send_many([b"six"])
+        with pytest.raises(SendConnectionClosed):
+            fresh.send(b"six")
+
+
 async def test_any_address_request_after_setup_keeps_the_address(
     certs: tuple[Path, Path],
 ) -> None:

@@ -385,3 +385,64 @@ async def test_open_udp_binds_and_reads() -> None:
     finally:
         bound.close()
         other.close()
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_batch_callback_gets_each_read_as_one_list_in_order(mode: udp.Mode) -> None:
+    batches: list[udp.Batch] = []
+    receiver = UdpSocket(_bound("127.0.0.1"), on_batch=batches.append, mode=mode)
+    sender = UdpSocket(_bound("127.0.0.1"), lambda d, a: None, mode="python")
+    try:
+        receiver._loop.remove_reader(receiver._fd)  # one readiness event, by hand
+        packets = [b"%02d" % i + bytes(500) for i in range(30)]
+        assert sender.send_many(packets, receiver.local_address) == 30
+        sender.flush()  # loopback: in the receiver's socket once sendmsg returns
+        receiver._on_readable()
+        assert [data for batch in batches for data, _ in batch] == packets
+        assert all(batch for batch in batches)  # never an empty list
+        assert {address[:2] for batch in batches for _, address in batch} == {
+            sender.local_address[:2]
+        }
+        # plain reads one datagram per call; the others a GSO train (GRO) or many at once
+        assert (len(batches) == 30) is (mode == "plain")
+    finally:
+        sender.close()
+        receiver.close()
+
+
+def test_exactly_one_receive_callback_is_taken() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        for callbacks in ({}, {"on_datagram": Inbox(), "on_batch": lambda batch: None}):
+            with _bound("127.0.0.1") as sock, pytest.raises(ValueError, match="exactly one"):
+                UdpSocket(sock, loop=loop, **callbacks)  # type: ignore[arg-type]
+    finally:
+        loop.close()
+
+
+async def test_send_many_queues_a_burst_for_one_write() -> None:
+    async with _pair(mode="python", sock_class=_counting()) as (sender, receiver, inbox):
+        packets = [bytes([i]) * 1000 for i in range(30)]
+        assert sender.send_many(packets[:10], receiver.local_address) == 10
+        assert sender.send_many(packets[10:], receiver.local_address) == 20
+        assert sender.queued_bytes == 30_000
+        assert await inbox.wait_for(30) == packets
+        assert sender._sock.calls == [("sendmsg", 30)]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("mode", ["python", "plain"])
+async def test_send_many_near_the_limit_takes_what_send_would_and_counts_the_rest(
+    mode: udp.Mode,
+) -> None:
+    cls = _counting(blocked=True)
+    async with _pair(mode=mode, sock_class=cls, queue_bytes=2500) as (sender, receiver, inbox):
+        packets = [bytes([i]) * 1000 for i in range(5)]
+        assert sender.send_many(packets, receiver.local_address) == 3  # as send() one by one
+        assert (sender.queue_full, sender.queued_bytes) == (2, 3000)
+        assert sender.send_many(packets[3:], receiver.local_address) == 0
+        assert sender.queue_full == 4
+        sender._sock.blocked = False  # type: ignore[attr-defined]
+        assert await inbox.wait_for(3) == packets[:3]
+        sender.close()
+        assert sender.send_many(packets, receiver.local_address) == 0
+        assert sender.queue_full == 4  # refused for being closed, not for a full queue

@@ -30,11 +30,27 @@ class FakeControl:
 
 
 class FakeSender:
+    """Takes everything; ``batches`` records each burst :meth:`send_many` took whole.
+
+    With ``take_batches`` false, :meth:`send_many` refuses every burst, as a
+    real Sender does when one packet of it cannot go (the caller then sends
+    each with :meth:`send`).
+    """
+
     def __init__(self, address: EndhostAddress) -> None:
         self.assigned_addresses = [address]
         self.sent: list[bytes] = []
+        self.batches: list[list[bytes]] = []
+        self.take_batches = True
         self.max_packet_size = 1400
         self.queued = 0
 
     def send(self, packet: bytes) -> None:
         self.sent.append(packet)
+
+    def send_many(self, packets: list[bytes]) -> bool:
+        if not self.take_batches:
+            return False
+        self.batches.append(list(packets))
+        self.sent.extend(packets)
+        return True

@@ -23,13 +23,13 @@ FOREIGN = EndhostAddress.parse("2-ff00:0:220,192.0.2.80")
 
 
 class FakeReceiver:
-    """A tunnel's Receiver as the data plane uses it: only the sink."""
+    """A tunnel's Receiver as the data plane uses it: only the batch sink."""
 
     def __init__(self, *, closed: bool = False) -> None:
-        self.sink: Callable[[bytes], None] | None = None
+        self.sink: Callable[[list[bytes]], None] | None = None
         self.closed = closed
 
-    def set_sink(self, sink: Callable[[bytes], None] | None) -> None:
+    def set_batch_sink(self, sink: Callable[[list[bytes]], None] | None) -> None:
         if sink is not None and self.closed:
             raise ReceiveConnectionClosed
         self.sink = sink
@@ -59,7 +59,7 @@ def test_a_tunnel_s_packets_come_in_through_its_sink_until_it_is_released() -> N
     me, _ = _attach(plane, ME, receiver)
     _, other_sender = _attach(plane, OTHER)
     assert receiver.sink is not None
-    receiver.sink(scion_udp(ME, OTHER, b"hi"))
+    receiver.sink([scion_udp(ME, OTHER, b"hi")])
     assert other_sender.sent == [scion_udp(ME, OTHER, b"hi")]
     assert _sample(metrics, "snaptun_gateway_packets_total", direction="tunnel_to_tunnel") == 1
     plane.release(me)
@@ -75,7 +75,7 @@ def test_a_replaced_tunnel_keeps_its_sink_and_its_packets_are_dropped_as_detache
     _, other_sender = _attach(plane, OTHER)
     plane.detach(me)  # what the newest-wins registry does when a newer tunnel takes ME
     assert receiver.sink is not None
-    receiver.sink(scion_udp(ME, OTHER, b"stale"))
+    receiver.sink([scion_udp(ME, OTHER, b"stale")])
     assert other_sender.sent == []
     assert _sample(metrics, "snaptun_gateway_drops_total", reason="tunnel_detached") == 1
 
@@ -189,6 +189,73 @@ async def test_a_full_underlay_queue_drops_and_counts() -> None:
         plane.close()
         plane.from_tunnel(me, packets[2])
         assert _sample(metrics, "snaptun_gateway_drops_total", reason="underlay_closed") == 1
+    finally:
+        plane.close()
+        if router.transport is not None:
+            router.transport.close()
+
+
+def test_a_burst_from_the_underlay_goes_to_each_tunnel_in_runs() -> None:
+    plane, metrics = _plane()
+    _, me = _attach(plane, ME)
+    _, other = _attach(plane, OTHER)
+    burst = [
+        scion_udp(FOREIGN, ME, b"1"),
+        scion_udp(FOREIGN, ME, b"2"),
+        scion_udp(FOREIGN, OTHER, b"3"),
+        b"not scion",
+        scion_udp(FOREIGN, ME, b"4"),
+    ]
+    plane.from_underlay_batch([(packet, ("127.0.0.1", 9)) for packet in burst])
+    assert me.batches == [burst[:2], burst[4:]]  # one send per run of one tunnel
+    assert other.batches == [burst[2:3]]
+    packets = "snaptun_gateway_packets_total"
+    assert _sample(metrics, packets, direction="underlay_to_tunnel") == 4
+    assert _sample(metrics, "snaptun_gateway_bytes_total", direction="underlay_to_tunnel") == sum(
+        len(p) for p in burst if p != b"not scion"
+    )
+    assert _sample(metrics, "snaptun_gateway_drops_total", reason="underlay_unparsable") == 1
+
+
+def test_a_burst_a_tunnel_cannot_take_whole_is_sent_packet_by_packet() -> None:
+    plane, metrics = _plane()
+    _, me = _attach(plane, ME)
+    me.take_batches = False  # as a Sender whose queue lacks room for all, or changed address
+    burst = [scion_udp(FOREIGN, ME, b"%d" % i) for i in range(3)]
+    plane.from_underlay_batch([(packet, ()) for packet in burst])
+    assert (me.batches, me.sent) == ([], burst)
+    assert _sample(metrics, "snaptun_gateway_packets_total", direction="underlay_to_tunnel") == 3
+
+
+async def test_a_tunnel_burst_is_policed_per_packet_and_leaves_in_one_underlay_call() -> None:
+    router, router_address = await _router()
+    plane, metrics = _plane(next_hop=router_address)
+    await plane.open_underlay(("127.0.0.1", 0))
+    try:
+        assert plane.underlay is not None
+        calls: list[int] = []
+        send_many = plane.underlay.send_many
+
+        def counted(packets: list[bytes], address: Any) -> int:
+            calls.append(len(packets))
+            return send_many(packets, address)
+
+        plane.underlay.send_many = counted  # type: ignore[method-assign]
+        receiver = FakeReceiver()
+        _attach(plane, ME, receiver)
+        _, other = _attach(plane, OTHER)
+        out = [scion_udp(ME, FOREIGN, b"out-%d" % i) for i in range(5)]
+        local = scion_udp(ME, OTHER, b"local")
+        spoofed = scion_udp(OTHER, FOREIGN, b"spoofed")
+        assert receiver.sink is not None
+        receiver.sink([out[0], local, out[1], spoofed, *out[2:]])
+        assert calls == [5]
+        assert other.sent == [local]
+        assert await router.wait_for(5) == out
+        packets = "snaptun_gateway_packets_total"
+        assert _sample(metrics, packets, direction="tunnel_to_underlay") == 5
+        assert _sample(metrics, packets, direction="tunnel_to_tunnel") == 1
+        assert _sample(metrics, "snaptun_gateway_drops_total", reason="invalid_source_address") == 1
     finally:
         plane.close()
         if router.transport is not None:

@@ -76,7 +76,7 @@ class EchoService:
         log.info("tunnel from %s assigned %s", conn.remote_address, sender.assigned_addresses)
         echo = _Echo(sender)
         with contextlib.suppress(ReceivePacketError):
-            receiver.set_sink(echo.packet if self._echo else _discard)
+            receiver.set_batch_sink(echo.packets if self._echo else _discard)
         error: BaseException | None = None
         try:
             await control.run()
@@ -90,14 +90,16 @@ class EchoService:
         self._on_outcome(TunnelOutcome(conn.remote_address, True, error))
 
 
-def _discard(packet: bytes) -> None:
+def _discard(packets: list[bytes]) -> None:
     """The sink of ``--no-echo``."""
 
 
 class _Echo:
-    """Sends each packet back as it arrives (a datagram sink: no task, no await).
+    """Sends packets back as they arrive (a batch sink: no task, no await).
 
-    A packet that finds the send queue full is dropped and counted: the queue
+    A burst goes back with one :meth:`~snaptun.aio.server.Sender.send_many`;
+    if that cannot take it whole, packet by packet. A packet that finds the
+    send queue full is dropped and counted: the queue
     (``QuicSettings.send_queue``) is far deeper than any sane window.
     """
 
@@ -106,6 +108,11 @@ class _Echo:
     def __init__(self, sender: Sender[Any]) -> None:
         self._sender = sender
         self.dropped = 0
+
+    def packets(self, packets: list[bytes]) -> None:
+        if not self._sender.send_many(packets):
+            for packet in packets:
+                self.packet(packet)
 
     def packet(self, packet: bytes) -> None:
         try:

@@ -289,6 +289,24 @@ class Sender(Generic[TokenT]):
             raise SendConnectionClosed from None
         self._metrics.sent += 1
 
+    def send_many(self, packets: list[bytes]) -> bool:
+        """Send all of ``packets`` now, in order, or none (False) and raise nothing.
+
+        For a forwarding path: one check for a burst. False when one of them
+        is too large, the send queue lacks room for all, the address changed
+        or the tunnel is closed; :meth:`send` each then raises the precise
+        error (and hands over the new Sender) for the packets concerned.
+        """
+        if self._closed or self._machine.version != self._version:
+            return False
+        try:
+            queued = self._conn.send_datagrams(packets)
+        except ConnectionLost:
+            return False
+        if queued:
+            self._metrics.sent += len(packets)
+        return queued
+
     async def send_wait(self, packet: bytes) -> None:
         """Send, waiting for room in the send queue."""
         self._check(packet)
@@ -362,15 +380,32 @@ class Receiver(Generic[TokenT]):
         are counted in ``datagrams_received`` as :meth:`receive`'s are.
         """
         if sink is None:
+            self.set_batch_sink(None)
+            return
+
+        def each(packets: list[bytes]) -> None:
+            for packet in packets:
+                sink(packet)
+
+        self.set_batch_sink(each)
+
+    def set_batch_sink(self, sink: Callable[[list[bytes]], None] | None) -> None:
+        """As :meth:`set_sink`, but ``sink`` gets the packets received together as one list.
+
+        The list holds every packet of one burst from the socket, in order,
+        and is never empty; the sink may keep it. One call per burst instead
+        of one per packet.
+        """
+        if sink is None:
             self._conn.set_datagram_sink(None)
             return
         if self._machine.is_closed:
             raise ReceiveConnectionClosed
         metrics = self._metrics
 
-        def counted(packet: bytes) -> None:
-            metrics.received += 1
-            sink(packet)
+        def counted(packets: list[bytes]) -> None:
+            metrics.received += len(packets)
+            sink(packets)
 
         self._conn.set_datagram_sink(counted)
 

@@ -2,10 +2,10 @@
 
 Why: one system call per datagram each way is most of a forwarded packet's
 cost in Python. Here a readiness event drains the socket (at most ``burst``
-datagrams, so other sockets get their turn) and hands each datagram to a
-callback at once (no task, no queue); datagrams sent while one burst (or one
-round of the event loop) is processed are written together at its end, many
-to one address in one system call.
+datagrams, so other sockets get their turn) and hands each datagram, or each
+batch read by one call, to a callback at once (no task, no queue); datagrams
+sent while one burst (or one round of the event loop) is processed are
+written together at its end, many to one address in one system call.
 
 Three ways to do it, chosen by ``mode``:
 
@@ -36,12 +36,14 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Final, Literal, Protocol, TypeAlias, cast
 
-__all__ = ["MAX_SEGMENTS", "Address", "Mode", "UdpSocket"]
+__all__ = ["MAX_SEGMENTS", "Address", "Batch", "Mode", "UdpSocket"]
 
 log = logging.getLogger(__name__)
 
 Address: TypeAlias = tuple[Any, ...]
 """A socket address as the socket module gives it: (host, port[, flowinfo, scope_id])."""
+Batch: TypeAlias = list[tuple[bytes, Address]]
+"""Datagrams read by one system call, each with its sender, in order."""
 Mode: TypeAlias = Literal["auto", "native", "python", "plain"]
 
 SOL_UDP: Final = 17
@@ -84,14 +86,18 @@ class UdpSocket:
     """A bound, non-blocking UDP socket driven by ``loop.add_reader``.
 
     ``on_datagram(data, address)`` runs for each datagram received, inside the
-    readiness callback; it must not block. Not thread-safe: the event loop's.
+    readiness callback; it must not block. Or, with ``on_batch`` instead,
+    ``on_batch(batch)`` runs once per system call's worth (a :data:`Batch`,
+    never empty, the callee's to keep): one call for many datagrams. Not
+    thread-safe: the event loop's.
     """
 
     def __init__(
         self,
         sock: socket.socket,
-        on_datagram: Callable[[bytes, Address], None],
+        on_datagram: Callable[[bytes, Address], None] | None = None,
         *,
+        on_batch: Callable[[Batch], None] | None = None,
         mode: Mode = "auto",
         queue_bytes: int = 4 * 1024 * 1024,
         burst: int = 64,
@@ -100,10 +106,12 @@ class UdpSocket:
     ) -> None:
         if burst < 1 or queue_bytes < 0:
             raise ValueError("burst must be positive and queue_bytes not negative")
+        if (on_datagram is None) == (on_batch is None):
+            raise ValueError("give exactly one of on_datagram and on_batch")
         sock.setblocking(False)
         self._sock = sock
         self._fd = sock.fileno()
-        self._on_datagram = on_datagram
+        self._on_batch = on_batch if on_batch is not None else _each(on_datagram)
         self._on_error = on_error
         self._burst = burst
         self._limit = queue_bytes
@@ -167,7 +175,7 @@ class UdpSocket:
                 self.flush()
 
     def _drain(self) -> None:
-        deliver = self._on_datagram
+        deliver = self._on_batch
         received = 0
         while received < self._burst:
             try:
@@ -179,11 +187,10 @@ class UdpSocket:
                 return
             if not batch:
                 return
-            for data, address in batch:
-                deliver(data, address)
             received += len(batch)
+            deliver(batch)
 
-    def _receive(self) -> list[tuple[bytes, Address]]:
+    def _receive(self) -> Batch:
         if self._native is not None:
             return self._native.recv()
         if not self.gro:
@@ -216,6 +223,26 @@ class UdpSocket:
             self._flush_handle = self._loop.call_soon(self.flush)
         return True
 
+    def send_many(self, packets: list[bytes], address: Address) -> int:
+        """Queue ``packets`` for ``address`` as :meth:`send` does each: how many were queued.
+
+        The same bound as for :meth:`send` one by one, checked once when the
+        whole burst fits below it; each datagram refused is counted in
+        ``queue_full``.
+        """
+        size = sum(map(len, packets))
+        if self.closed or self.queued_bytes + size >= self._limit:  # near the bound: each
+            return sum(self.send(data, address) for data in packets)
+        if address != self._staged_to:
+            if self._staged:
+                self._stage_out()
+            self._staged_to = address
+        self._staged.extend(packets)
+        self.queued_bytes += size
+        if not self._in_burst and self._flush_handle is None and packets:
+            self._flush_handle = self._loop.call_soon(self.flush)
+        return len(packets)
+
     def flush(self) -> None:
         """Write what :meth:`send` queued now, as far as the socket takes it."""
         if self._flush_handle is not None:
@@ -237,14 +264,14 @@ class UdpSocket:
             packets, address = backlog[0]
             sent = self._write(packets, address)
             if sent < len(packets):  # the socket is full: wait until it is writable
-                self.queued_bytes -= sum(len(p) for p in packets[:sent])
+                self.queued_bytes -= sum(map(len, packets[:sent]))
                 backlog[0] = (packets[sent:], address)
                 if not self._writing:
                     self._writing = True
                     self._loop.add_writer(self._fd, self._on_writable)
                 return
             backlog.popleft()
-            self.queued_bytes -= sum(len(p) for p in packets)
+            self.queued_bytes -= sum(map(len, packets))
         if self._writing:
             self._writing = False
             self._loop.remove_writer(self._fd)
@@ -340,6 +367,17 @@ class UdpSocket:
         self._sock.close()
 
 
+def _each(on_datagram: Callable[[bytes, Address], None] | None) -> Callable[[Batch], None]:
+    """A batch callback calling ``on_datagram`` for each datagram."""
+    assert on_datagram is not None
+
+    def each(batch: Batch) -> None:
+        for data, address in batch:
+            on_datagram(data, address)
+
+    return each
+
+
 def _segment_run(packets: list[bytes], start: int) -> tuple[int, int]:
     """End and segment size of the longest GSO send from ``start``: equal sizes, then at
     most one shorter datagram, at most :data:`MAX_SEGMENTS` and :data:`MAX_GSO_BYTES`."""
@@ -362,10 +400,11 @@ def _gro_segment_size(ancillary: list[tuple[int, int, bytes]]) -> int:
 
 async def open_udp(
     bind: tuple[str, int],
-    on_datagram: Callable[[bytes, Address], None],
+    on_datagram: Callable[[bytes, Address], None] | None = None,
     **settings: Any,
 ) -> UdpSocket:
-    """Bind a UDP socket to ``bind`` (numeric host) and drive it with :class:`UdpSocket`."""
+    """Bind a UDP socket to ``bind`` (numeric host) and drive it with :class:`UdpSocket`
+    (``on_batch`` may come among ``settings`` instead of ``on_datagram``)."""
     family, kind, proto, _, address = socket.getaddrinfo(
         bind[0], bind[1], type=socket.SOCK_DGRAM, flags=socket.AI_NUMERICHOST | socket.AI_PASSIVE
     )[0]

@@ -25,14 +25,18 @@ and detaches the older tunnel before the newer one is attached), and a packet
 from a tunnel that is no longer attached is dropped (``tunnel_detached``).
 
 No task and no queue per packet: each tunnel's datagrams come through its
-receive sink (:meth:`~snaptun.aio.server.Receiver.set_sink`, set by
+receive sink (:meth:`~snaptun.aio.server.Receiver.set_batch_sink`, set by
 :meth:`Dataplane.attach`, cleared by :meth:`Dataplane.release`) straight from
 the QUIC receive callback, and the underlay's through
-:class:`~snaptun.aio.udp.UdpSocket`'s readiness callback, a burst at a time.
-Packets to the underlay produced in one round of the event loop leave
-together (one ``sendmsg`` with GSO where the kernel has it). Every queue is
-bounded (the tunnel's QUIC send queue, the underlay socket's queue of
-``underlay_queue_bytes``); a full queue drops and counts.
+:class:`~snaptun.aio.udp.UdpSocket`'s readiness callback, a list per system
+call in both cases. A burst is forwarded as one: its packets for the underlay
+are queued with one call, its packets for one tunnel with one
+:meth:`~snaptun.aio.server.Sender.send_many`, and counted once (packet by
+packet only when a queue cannot take a burst whole, so that each drop is
+counted by its reason). Packets to the underlay produced in one round of the
+event loop leave together (one ``sendmsg`` with GSO where the kernel has it).
+Every queue is bounded (the tunnel's QUIC send queue, the underlay socket's
+queue of ``underlay_queue_bytes``); a full queue drops and counts.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from snaptun.aio.server import Control, Receiver, Sender
-from snaptun.aio.udp import Mode, UdpSocket, open_udp
+from snaptun.aio.udp import Batch, Mode, UdpSocket, open_udp
 from snaptun.core.addressing import EndhostAddress, IPAddress
 from snaptun.core.ratelimit import TokenBucket
 from snaptun.errors import (
@@ -144,7 +148,7 @@ class Dataplane:
         """Bind the UDP socket facing the SCION network; returns the bound address."""
         self._udp = await open_udp(
             bind,
-            self.from_underlay,
+            on_batch=self.from_underlay_batch,
             mode=self._underlay_mode,
             queue_bytes=self._underlay_limit,
             on_error=_log_underlay_error,
@@ -183,9 +187,9 @@ class Dataplane:
     ) -> TunnelPort:
         """Route the tunnel's assigned address to it; follows later re-assignments.
 
-        With ``receiver``, the tunnel's packets are fed in through its sink from
-        now until :meth:`release`. Raises :class:`RouteConflict` if the address is
-        routed to another tunnel.
+        With ``receiver``, the tunnel's packets are fed in through its batch
+        sink from now until :meth:`release`. Raises :class:`RouteConflict` if
+        the address is routed to another tunnel.
         """
         address = sender.assigned_addresses[0]
         bucket = TokenBucket(self._scmp_rate, self._scmp_burst, self._clock())
@@ -194,7 +198,7 @@ class Dataplane:
         control.on_change(lambda: self._follow(port, control))
         if receiver is not None:
             try:
-                receiver.set_sink(functools.partial(self.from_tunnel, port))
+                receiver.set_batch_sink(functools.partial(self.from_tunnel_batch, port))
             except ReceivePacketError:
                 pass  # closed already: nothing more will arrive
             else:
@@ -209,7 +213,7 @@ class Dataplane:
         """The tunnel ended: stop feeding its packets in, and forget its route."""
         receiver, port.receiver = port.receiver, None
         if receiver is not None:
-            receiver.set_sink(None)
+            receiver.set_batch_sink(None)
         self.detach(port)
 
     def _follow(self, port: TunnelPort, control: Control[Any]) -> None:
@@ -231,40 +235,85 @@ class Dataplane:
     # ---- forwarding -------------------------------------------------------------------------
 
     def from_tunnel(self, port: TunnelPort, packet: bytes) -> None:
-        """Police and forward one packet a client sent (the tunnel's receive sink)."""
-        result = self._routes.from_tunnel(port, packet)
-        if result is _UNDERLAY:
-            udp = self._udp
-            if udp is None or udp.closed:
-                self._metrics.drop("underlay_closed")
-            elif udp.send(packet, self._next_hop):
-                counters = self._counters
-                counters.packets[TUNNEL_TO_UNDERLAY] += 1
-                counters.bytes[TUNNEL_TO_UNDERLAY] += len(packet)
+        """Police and forward one packet a client sent."""
+        self.from_tunnel_batch(port, [packet])
+
+    def from_tunnel_batch(self, port: TunnelPort, packets: list[bytes]) -> None:
+        """Police and forward the packets a client sent together (the tunnel's batch sink).
+
+        Those for the underlay are queued with one call, after the others.
+        """
+        step = self._routes.from_tunnel
+        out: list[bytes] = []
+        for packet in packets:
+            result = step(port, packet)
+            if result is _UNDERLAY:
+                out.append(packet)
+            elif isinstance(result, TunnelPort):
+                if self._to_tunnel(result, packet):
+                    counters = self._counters
+                    counters.packets[TUNNEL_TO_TUNNEL] += 1
+                    counters.bytes[TUNNEL_TO_TUNNEL] += len(packet)
+            elif result is _ECHO:
+                self._echo(port, packet)
             else:
-                self._metrics.drop("underlay_queue_full")
-        elif isinstance(result, TunnelPort):
-            if self._to_tunnel(result, packet):
-                counters = self._counters
-                counters.packets[TUNNEL_TO_TUNNEL] += 1
-                counters.bytes[TUNNEL_TO_TUNNEL] += len(packet)
-        elif result is _ECHO:
-            self._echo(port, packet)
-        else:
-            self._metrics.drop(result.reason)
-            if result is not _DETACHED:
-                self._answer(port, packet)
+                self._metrics.drop(result.reason)
+                if result is not _DETACHED:
+                    self._answer(port, packet)
+        if out:
+            self._to_underlay(out)
+
+    def _to_underlay(self, packets: list[bytes]) -> None:
+        udp = self._udp
+        if udp is None or udp.closed:
+            for _ in packets:
+                self._metrics.drop("underlay_closed")
+            return
+        sent = udp.send_many(packets, self._next_hop)
+        counters = self._counters
+        counters.packets[TUNNEL_TO_UNDERLAY] += sent
+        if sent == len(packets):
+            counters.bytes[TUNNEL_TO_UNDERLAY] += sum(map(len, packets))
+            return
+        counters.bytes[TUNNEL_TO_UNDERLAY] += sum(map(len, packets[:sent]))
+        for _ in range(len(packets) - sent):
+            self._metrics.drop("underlay_queue_full")
 
     def from_underlay(self, packet: bytes, source: object = None) -> None:
         """Deliver one packet from the SCION network to its tunnel (``source`` unused)."""
-        result = self._routes.from_underlay(packet)
-        if isinstance(result, TunnelPort):
-            if self._to_tunnel(result, packet):
-                counters = self._counters
+        self.from_underlay_batch([(packet, ())])
+
+    def from_underlay_batch(self, batch: Batch) -> None:
+        """Deliver packets from the SCION network to their tunnels (the underlay's callback).
+
+        Each run of packets for one tunnel goes to it with one send.
+        """
+        step = self._routes.from_underlay
+        run: list[bytes] = []
+        owner: TunnelPort | None = None
+        for packet, _ in batch:
+            result = step(packet)
+            if result is owner:
+                run.append(packet)
+            elif isinstance(result, TunnelPort):
+                if owner is not None:
+                    self._to_tunnel_run(owner, run)
+                owner, run = result, [packet]
+            else:
+                self._metrics.drop(result.reason)
+        if owner is not None:
+            self._to_tunnel_run(owner, run)
+
+    def _to_tunnel_run(self, port: TunnelPort, packets: list[bytes]) -> None:
+        counters = self._counters
+        if port.sender.send_many(packets):
+            counters.packets[UNDERLAY_TO_TUNNEL] += len(packets)
+            counters.bytes[UNDERLAY_TO_TUNNEL] += sum(map(len, packets))
+            return
+        for packet in packets:  # one by one: each refusal counted by its reason
+            if self._to_tunnel(port, packet):
                 counters.packets[UNDERLAY_TO_TUNNEL] += 1
                 counters.bytes[UNDERLAY_TO_TUNNEL] += len(packet)
-        else:
-            self._metrics.drop(result.reason)
 
     def _to_tunnel(self, port: TunnelPort, packet: bytes) -> bool:
         for _ in range(2):
