@@ -40,6 +40,8 @@ Errors (all :class:`~snaptun.errors.ClientError`)::
     │                          that two instances sharing one identity do not replace
     │                          each other forever
     └── ReconnectsExhausted    max_reconnects consecutive attempts failed
+    BridgeError itself         a gateway's certificate is not the pinned one
+                               (.cause: CertificateMismatch): final, like TunnelRefused
     TokenSourceError           the token file could not be read (retried, not fatal)
 
 Nothing is lost silently; every drop has a counter in :class:`BridgeCounters`.
@@ -67,6 +69,7 @@ from snaptun.constants import REPLACED_CLOSE_CODE, REPLACED_REASON, CloseCode
 from snaptun.core.addressing import EndhostAddress
 from snaptun.core.rendezvous import token_identity
 from snaptun.errors import (
+    CertificateMismatch,
     ClientError,
     ConnectionLost,
     ControlResponseError,
@@ -486,6 +489,10 @@ class TunnelBridge:
                 self.counters.connect_failures += 1
                 log.warning("tunnel setup failed%s: %s", _at(gateway), exc.cause)
                 return None, exc.cause
+            except CertificateMismatch as exc:  # the same certificate on every retry
+                self.counters.connect_failures += 1
+                where = "" if gateway.name is None else f" (gateway {gateway.name})"
+                raise BridgeError(f"{exc}{where}", exc) from exc
             except (ConnectionLost, OSError) as exc:  # handshake failed; no route; ...
                 self.counters.connect_failures += 1
                 log.warning("cannot connect to the gateway%s: %s", _at(gateway), exc)
