@@ -11,6 +11,7 @@ not drawn::
 
     SnaptunError
     ├── ConnectionLost                  the QUIC connection ended (code, reason, by_peer, ...)
+    │   └── CertificateMismatch         the server's certificate is not the --fingerprint one
     ├── QuicStreamReset                 [ConnectionError] the peer reset a stream (aio.quic)
     ├── AcceptError
     │   ├── AcceptTimeout               setup not finished within ACCEPT_TIMEOUT
@@ -120,6 +121,21 @@ class ConnectionLost(SnaptunError):
             return CloseCode(self.code).name if self.code is not None else None
         except ValueError:
             return None
+
+
+class CertificateMismatch(ConnectionLost):
+    """The server's certificate is not the pinned one: the handshake was aborted.
+
+    ``expected`` and ``got`` are SHA-256 fingerprints (lowercase hex); ``code``
+    and ``reason`` are the TLS alert's transport close as qh3 made it. Final:
+    retrying reaches the same certificate.
+    """
+
+    def __init__(self, expected: str, got: str, code: int | None, reason: str) -> None:
+        super().__init__(code, reason, by_peer=False, application=False)
+        self.expected = expected
+        self.got = got
+        self.args = (f"certificate fingerprint mismatch: expected {expected}, got {got}",)
 
 
 # --- accept ---------------------------------------------------------------

@@ -25,10 +25,12 @@ from snaptun.aio.bridge import (
     TunnelConnected,
     TunnelRefused,
     builder_factory,
+    refusal,
 )
 from snaptun.core.addressing import IsdAs
 from snaptun.core.allocator import AddressAllocation, AddressManager
 from snaptun.core.tokens import SnapTokenClaims, StaticTokenValidator, Token, TokenValidator
+from snaptun.errors import ConnectionLost, ControlResponseError
 from tests.aio.harness import ISD_AS, POOLS, TOKEN, running_server
 
 FAST = Backoff(initial=0.05, maximum=0.2)
@@ -395,6 +397,61 @@ async def test_a_refused_token_is_permanent(certs: tuple[Path, Path]) -> None:
     assert refused.value.http_status == 401
     assert running.events.empty()
     assert running.bridge.counters.connect_failures == 0
+
+
+EXPIRED = "token expired at 2026-01-01T00:00:00Z (1767225600)"
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        pytest.param(ControlResponseError(401, EXPIRED.encode() + b"\n"), id="answer-first"),
+        pytest.param(
+            ConnectionLost(1, f"handling session renewal request: {EXPIRED}", by_peer=True),
+            id="close-first",
+        ),
+        pytest.param(
+            ConnectionLost(1, f"handling address assignment request: {EXPIRED}", by_peer=True),
+            id="close-on-assignment",
+        ),
+    ],
+)
+def test_a_refusal_names_the_cause_whichever_arrives_first(first: BaseException) -> None:
+    refused = refusal(first)
+    assert refused is not None
+    assert str(refused) == f"gateway refused the tunnel: {EXPIRED}"
+    assert refused.cause is first
+
+
+@pytest.mark.parametrize(
+    ("cause", "text"),
+    [
+        (ControlResponseError(403, b""), "HTTP 403"),
+        (ConnectionLost(3, "", by_peer=True), "close code 3"),
+        (ConnectionLost(1, "handling session renewal request", by_peer=True),
+         "handling session renewal request"),  # the reference: no cause to extract
+        (ConnectionLost(1, "expected session renewal request", by_peer=True),
+         "expected session renewal request"),
+    ],
+)  # fmt: skip
+def test_a_refusal_without_a_cause_says_what_there_is(cause: BaseException, text: str) -> None:
+    refused = refusal(cause)
+    assert refused is not None
+    assert str(refused) == f"gateway refused the tunnel: {text}"
+
+
+@pytest.mark.parametrize(
+    "transient",
+    [
+        ControlResponseError(503, b"shutting down"),
+        ConnectionLost(1, "handling session renewal request: x", by_peer=False),
+        ConnectionLost(1, "handling session renewal request: x", by_peer=True, application=False),
+        ConnectionLost(0, "replaced by a newer tunnel", by_peer=True),
+        ConnectionLost(None, "no handshake", by_peer=True),
+    ],
+)
+def test_what_retrying_may_change_is_no_refusal(transient: BaseException) -> None:
+    assert refusal(transient) is None
 
 
 async def test_gives_up_after_max_reconnects(certs: tuple[Path, Path]) -> None:

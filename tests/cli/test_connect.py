@@ -7,6 +7,7 @@ import io
 import json
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ from snaptun.cli._connect import run_connect
 from snaptun.cli.main import build_parser, main
 from snaptun.core.addressing import EndhostAddress
 from tests.aio.harness import TOKEN, running_server
-from tests.cli._procs import REPO
+from tests.cli._procs import REPO, SNAPTUN, _env
+from tests.gateway._gateway import run_gateway
 
 GATEWAY = "127.0.0.1:4433"
 FINGERPRINT = "ab" * 32
@@ -276,3 +278,31 @@ async def test_subprocess_bridges_and_exits_0_on_sigterm(
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+def test_a_wrong_fingerprint_exits_1_naming_both(tmp_path: Path) -> None:
+    """Against a real gateway: connect, ping and echo-client say so once and stop."""
+    wrong = "ab" * 32
+    with run_gateway(tmp_path / "state", tmp_path / "gw.log", ("127.0.0.1", 9)) as gw:
+        address = f"{gw.listen[0]}:{gw.listen[1]}"
+        expected = f"certificate fingerprint mismatch: expected {wrong}, got {gw.fingerprint}"
+        common = ["--fingerprint", wrong, "--token", gw.token(), "--connect-timeout", "5"]
+        runs = {
+            "connect": [*SNAPTUN, "connect", address, *common],
+            "ping": [*SNAPTUN, "ping", address, *common, "-c", "1"],
+            "echo-client": [*SNAPTUN, "echo-client", "--connect", address, *common],
+        }
+        done = {
+            name: subprocess.run(
+                argv, capture_output=True, text=True, timeout=30, env=_env(), check=False
+            )
+            for name, argv in runs.items()
+        }
+    for name, result in done.items():
+        assert result.returncode == 1, (name, result.stdout, result.stderr)
+    error, stopped = records(done["connect"].stdout)
+    assert error["error"] == f"{expected} (gateway {address})"
+    assert (stopped["event"], stopped["connects"], stopped["connect_failures"]) == ("stopped", 0, 1)
+    assert done["ping"].stderr.strip().endswith(expected)
+    [failure] = records(done["echo-client"].stdout)
+    assert failure["error"] == expected

@@ -21,7 +21,13 @@ from snaptun.cli._client import ClientOptions, run_echo_client
 from snaptun.cli._server import ServerOptions, run_echo_server
 from snaptun.cli.main import main
 from snaptun.core.addressing import EndhostAddress, IsdAs
-from snaptun.core.tokens import SnapTokenClaims, generate_signing_key, mint_token
+from snaptun.core.tokens import (
+    SnapTokenClaims,
+    TrustedKey,
+    generate_signing_key,
+    jwks_document,
+    mint_token,
+)
 from snaptun.keyfiles import write_public_key
 
 
@@ -255,3 +261,80 @@ def test_main_echo_server_self_signed(capsys: pytest.CaptureFixture[str]) -> Non
     assert int(captured.out.split(":")[1]) > 0
     assert "self-signed certificate" in captured.err
     assert "sha256 fingerprint" in captured.err
+
+
+async def test_jwks_tokens_by_kid_and_reload(certs: tuple[Path, Path], tmp_path: Path) -> None:
+    first, second, third, pem_only = (generate_signing_key() for _ in range(4))
+    jwks = tmp_path / "keys.jwks"
+    jwks.write_text(
+        json.dumps(
+            jwks_document(
+                [TrustedKey(first.public_key(), "k1"), TrustedKey(second.public_key(), "k2")]
+            )
+        )
+    )
+    pem = tmp_path / "pem-key.pem"
+    write_public_key(pem_only.public_key(), pem)
+    expiry = int(time.time()) + 30
+
+    def token(key: Any, kid: str | None) -> str:
+        return mint_token(key, SnapTokenClaims(uuid.uuid4(), expiry), kid=kid)
+
+    options = {"token_jwks": (jwks,), "token_keys": (pem,), "token_poll": 0.05}
+    async with echo_server(certs, **options) as server:
+        results = await asyncio.gather(
+            *(
+                run_client(server.client(token=t, count=1))
+                for t in (token(first, "k1"), token(second, "k2"), token(pem_only, None))
+            )
+        )
+        assert [code for code, _ in results] == [0, 0, 0], results
+        code, [refused] = await run_client(server.client(token=token(third, "k3"), count=1))
+        assert code == 1
+        assert 'unknown key id "k3"' in refused["error"], refused
+        assert refused["close_code"] in (1, None)
+        # Rotation: a new set replaces the old one without a restart.
+        jwks.write_text(json.dumps(jwks_document([TrustedKey(third.public_key(), "k3")])))
+        for _ in range(100):
+            code, lines = await run_client(server.client(token=token(third, "k3"), count=1))
+            if code == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert code == 0, lines
+        code, [refused] = await run_client(server.client(token=token(first, "k1"), count=1))
+        assert code == 1
+        assert 'unknown key id "k1"' in refused["error"], refused
+
+
+async def test_issuer_and_audience(certs: tuple[Path, Path], tmp_path: Path) -> None:
+    signing = generate_signing_key()
+    public = tmp_path / "token-key.pem"
+    write_public_key(signing.public_key(), public)
+    claims = SnapTokenClaims(uuid.uuid4(), int(time.time()) + 30)
+
+    def token(**extra: str) -> str:
+        return mint_token(signing, claims, extra=extra)
+
+    scope = {"token_keys": (public,), "token_issuer": "ops", "token_audience": "edge"}
+    async with echo_server(certs, **scope) as server:
+        good, wrong_aud, no_iss = await asyncio.gather(
+            run_client(server.client(token=token(iss="ops", aud="edge"), count=1)),
+            run_client(server.client(token=token(iss="ops", aud="snap"), count=1)),
+            run_client(server.client(token=token(aud="edge"), count=1)),
+        )
+    assert good[0] == 0, good
+    assert wrong_aud[0] == 1
+    assert "not 'edge'" in wrong_aud[1][-1]["error"]
+    assert no_iss[0] == 1
+    assert "no issuer" in no_iss[1][-1]["error"]
+
+
+def test_main_echo_server_bad_jwks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.jwks"
+    bad.write_text('{"keys": [{"kty": "RSA"}]}')
+    with pytest.raises(SystemExit) as stopped:
+        main(["echo-server", "--listen", "127.0.0.1:0", "--token-jwks", str(bad)])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: snaptun echo-server" in err
+    assert f"token JWK Set {bad}" in err

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import stat
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -14,6 +16,7 @@ from snaptun.cli.main import main
 from snaptun.core.tokens import JwtTokenValidator, SnapTokenClaims, generate_signing_key
 from snaptun.errors import InvalidSignature
 from snaptun.keyfiles import load_public_key, write_private_key
+from tests.cli._procs import _env
 
 
 def keygen(capsys: pytest.CaptureFixture[str], folder: Path, *extra: str) -> dict[str, str]:
@@ -173,3 +176,17 @@ def test_issue_refuses_a_ttl_beyond_the_uint64_expiry(
     # a lifetime inside the range is issued and validates
     token = issue(capsys, "--key", paths["private_key"], "--ttl", "1e19")
     assert validate(Path(paths["public_key"]), token).exp > 10**19
+
+
+def test_the_token_module_does_not_load_the_quic_stack() -> None:
+    heavy = "{'qh3', 'snaptun.gateway.service'}"
+    probe = f"import sys, snaptun.cli._token; print(sorted({heavy} & set(sys.modules)))"
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=_env(),
+        check=True,
+    )
+    assert done.stdout.strip() == "[]"

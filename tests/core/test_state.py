@@ -25,6 +25,7 @@ from snaptun.core.state import (
     TunnelState,
     TunnelStateMachine,
     next_state,
+    refusal_cause,
 )
 from snaptun.core.tokens import SnapTokenClaims
 from snaptun.errors import (
@@ -225,3 +226,19 @@ def test_random_request_sequences_keep_the_invariants(steps: list[str]) -> None:
             assert m.session_expiry is not None
         if m.is_closed:
             assert all(g.state is GrantState.HELD for g in m._allocator.grants())  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("reason", "cause"),
+    [
+        ("handling session renewal request: token expired at X", "token expired at X"),
+        ('handling address assignment request: unknown key id "k3"', 'unknown key id "k3"'),
+        ("handling session renewal request: a: b", "a: b"),
+        ("handling session renewal request", "handling session renewal request"),
+        ("handling session renewal requests: x", "handling session renewal requests: x"),
+        ("replaced by a newer tunnel", "replaced by a newer tunnel"),
+        ("", ""),
+    ],
+)
+def test_refusal_cause_strips_only_the_reference_prefix(reason: str, cause: str) -> None:
+    assert refusal_cause(reason) == cause

@@ -40,6 +40,8 @@ Errors (all :class:`~snaptun.errors.ClientError`)::
     │                          that two instances sharing one identity do not replace
     │                          each other forever
     └── ReconnectsExhausted    max_reconnects consecutive attempts failed
+    BridgeError itself         a gateway's certificate is not the pinned one
+                               (.cause: CertificateMismatch): final, like TunnelRefused
     TokenSourceError           the token file could not be read (retried, not fatal)
 
 Nothing is lost silently; every drop has a counter in :class:`BridgeCounters`.
@@ -66,7 +68,9 @@ from snaptun.aio.quic import QuicConnection
 from snaptun.constants import REPLACED_CLOSE_CODE, REPLACED_REASON, CloseCode
 from snaptun.core.addressing import EndhostAddress
 from snaptun.core.rendezvous import token_identity
+from snaptun.core.state import MAX_CAUSE, refusal_cause
 from snaptun.errors import (
+    CertificateMismatch,
     ClientError,
     ConnectionLost,
     ControlResponseError,
@@ -96,6 +100,8 @@ __all__ = [
     "TunnelRefused",
     "TunnelReplacedError",
     "builder_factory",
+    "refusal",
+    "refusal_text",
 ]
 
 log = logging.getLogger(__name__)
@@ -133,10 +139,48 @@ class BridgeError(ClientError):
 
 
 class TunnelRefused(BridgeError):
-    """The gateway refused the tunnel setup in a way retrying will not change."""
+    """The gateway refused the tunnel setup in a way retrying will not change.
+
+    The message is ``gateway refused the tunnel: CAUSE`` with the gateway's
+    cause (:func:`refusal_text`) whether the answer (HTTP status and body) or
+    the close of the connection (code 1 and reason) arrived first.
+    """
 
     def __init__(self, cause: BaseException) -> None:
-        super().__init__(f"gateway refused the tunnel: {cause}", cause)
+        super().__init__(f"gateway refused the tunnel: {refusal_text(cause)}", cause)
+
+
+def refusal(exc: BaseException) -> TunnelRefused | None:
+    """``exc`` of a setup as a refusal that retrying will not change, or None.
+
+    Final: an answer with a status of :data:`REFUSAL_STATUSES`, or the peer's
+    application close with a code of :data:`REFUSAL_CLOSE_CODES`.
+    """
+    if isinstance(exc, ControlResponseError) and exc.status in REFUSAL_STATUSES:
+        return TunnelRefused(exc)
+    if (
+        isinstance(exc, ConnectionLost)
+        and exc.by_peer
+        and exc.application
+        and exc.code in REFUSAL_CLOSE_CODES
+    ):
+        return TunnelRefused(exc)
+    return None
+
+
+def refusal_text(cause: BaseException) -> str:
+    """The gateway's cause of a refused setup, the same for its answer and its close.
+
+    An answer gives its body (``HTTP 401`` if empty); a close gives its reason
+    without the reference's prefix (``close code 3`` if empty); anything else
+    its own text.
+    """
+    if isinstance(cause, ControlResponseError):
+        body = cause.body.decode("utf-8", "replace").strip()[:MAX_CAUSE]
+        return body or f"HTTP {cause.status}"
+    if isinstance(cause, ConnectionLost):
+        return refusal_cause(cause.reason) if cause.reason else f"close code {cause.code}"
+    return str(cause)
 
 
 class TunnelReplacedError(BridgeError):
@@ -486,6 +530,10 @@ class TunnelBridge:
                 self.counters.connect_failures += 1
                 log.warning("tunnel setup failed%s: %s", _at(gateway), exc.cause)
                 return None, exc.cause
+            except CertificateMismatch as exc:  # the same certificate on every retry
+                self.counters.connect_failures += 1
+                where = "" if gateway.name is None else f" (gateway {gateway.name})"
+                raise BridgeError(f"{exc}{where}", exc) from exc
             except (ConnectionLost, OSError) as exc:  # handshake failed; no route; ...
                 self.counters.connect_failures += 1
                 log.warning("cannot connect to the gateway%s: %s", _at(gateway), exc)
@@ -506,15 +554,12 @@ class TunnelBridge:
         try:
             builder = self._builder_factory(desired)
             sender, receiver, control = await builder.connect(conn)
-        except ControlResponseError as exc:
-            if exc.status in REFUSAL_STATUSES:
-                raise TunnelRefused(exc) from exc
-            raise _Transient(exc) from exc
-        except ConnectionLost as exc:
-            if is_replaced(exc):
+        except (ControlResponseError, ConnectionLost) as exc:
+            if isinstance(exc, ConnectionLost) and is_replaced(exc):
                 raise TunnelReplacedError(exc) from exc
-            if exc.by_peer and exc.application and exc.code in REFUSAL_CLOSE_CODES:
-                raise TunnelRefused(exc) from exc
+            refused = refusal(exc)
+            if refused is not None:
+                raise refused from exc
             raise _Transient(exc) from exc
         except (MalformedResponse, TokenSourceError) as exc:
             raise _Transient(exc) from exc

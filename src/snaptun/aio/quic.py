@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import secrets
 import socket
 import ssl
@@ -68,6 +69,7 @@ from snaptun.core.admission import (
     looks_like_initial,
 )
 from snaptun.errors import (
+    CertificateMismatch,
     ConnectionLost,
     DatagramsUnsupported,
     DatagramTooLarge,
@@ -1120,6 +1122,27 @@ def _is_ca(cert: x509.Certificate) -> bool:
         return False
 
 
+_FINGERPRINT_MISMATCH: Final = re.compile(
+    r'Fingerprints did not match\. Expected "([0-9a-f]+)", got "([0-9a-f]+)"'
+)
+"""qh3's reason phrase when the server's certificate is not the pinned one (qh3 2.x)."""
+
+
+def _handshake_failure(host: str, port: int, closed: ConnectionLost | None) -> ConnectionLost:
+    """Why a handshake failed, from the close qh3 made (a TLS alert) if there was one.
+
+    qh3 aborts a handshake by closing the connection with CRYPTO_ERROR plus
+    the alert and a reason phrase, then reports only ``ConnectionError``.
+    """
+    if closed is None or not closed.reason:
+        return ConnectionLost(None, f"handshake with {host}:{port} failed", by_peer=True)
+    mismatch = _FINGERPRINT_MISMATCH.search(closed.reason)
+    if mismatch is not None:
+        return CertificateMismatch(mismatch[1], mismatch[2], closed.code, closed.reason)
+    why = f"handshake with {host}:{port} failed: {closed.reason}"
+    return ConnectionLost(None, why, by_peer=True)
+
+
 @contextlib.asynccontextmanager
 async def connect(
     host: str,
@@ -1136,7 +1159,10 @@ async def connect(
 
     Trust: ``ca_file`` (a CA, or a self-signed server certificate which is
     then pinned), ``fingerprint`` (SHA-256 of the server certificate), or
-    ``insecure=True`` to skip verification explicitly.
+    ``insecure=True`` to skip verification explicitly. A server whose
+    certificate is not the ``fingerprint`` one raises
+    :class:`~snaptun.errors.CertificateMismatch`; another failed handshake
+    raises :class:`~snaptun.errors.ConnectionLost` with the TLS alert's reason.
     """
     settings = settings or QuicSettings()
     config = _client_configuration(
@@ -1147,8 +1173,11 @@ async def connect(
         insecure=insecure,
     )
 
+    made: list[QuicConnection] = []
+
     def create_protocol(quic: _Qh3Connection, **kwargs: Any) -> QuicConnection:
-        return QuicConnection(quic, settings=settings, **kwargs)
+        made.append(QuicConnection(quic, settings=settings, **kwargs))
+        return made[-1]
 
     manager = _qh3_connect(
         host, port, configuration=config, create_protocol=create_protocol, wait_connected=True
@@ -1157,7 +1186,7 @@ async def connect(
         async with asyncio.timeout(timeout):
             conn = cast(QuicConnection, await manager.__aenter__())
     except ConnectionError as exc:
-        raise ConnectionLost(None, f"handshake with {host}:{port} failed", by_peer=True) from exc
+        raise _handshake_failure(host, port, made[-1].closed if made else None) from exc
     except TimeoutError:
         raise ConnectionLost(
             None,

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from snaptun.aio import quic
-from snaptun.aio.bridge import TokenSource, TokenSourceError
+from snaptun.aio.bridge import TokenSource, TokenSourceError, refusal
 from snaptun.aio.client import ClientBuilder, ClientReceiver, ClientSender
 from snaptun.cli._common import (
     add_trust_flags,
@@ -217,7 +217,8 @@ async def run_ping(args: argparse.Namespace, out: TextIO | None = None) -> int:
             source_address = control.assigned_addresses[0]
             return await _Pinger(args, stream, sender, receiver, source_address).run()
     except (SnaptunError, OSError, TimeoutError) as exc:
-        print(f"snaptun ping: cannot open a tunnel to {host}:{port}: {exc}", file=sys.stderr)
+        why = refusal(exc) or exc  # a refusal with the gateway's cause, as connect says it
+        print(f"snaptun ping: cannot open a tunnel to {host}:{port}: {why}", file=sys.stderr)
         return 1
 
 

@@ -25,15 +25,21 @@ from snaptun.core.admission import AdmissionSettings
 from snaptun.core.allocator import AddressManager
 from snaptun.core.registry import TunnelRegistry
 from snaptun.core.tokens import (
-    JwtTokenValidator,
+    ClaimsPolicy,
     SnapTokenClaims,
     StaticTokenValidator,
     TokenValidator,
 )
-from snaptun.keyfiles import load_public_key
+from snaptun.gateway.token_keys import POLL_INTERVAL, TokenKeys
 from snaptun.tls import write_self_signed
 
-__all__ = ["DEFAULT_POOLS", "DEFAULT_POOL_NETWORKS", "ServerOptions", "run_echo_server"]
+__all__ = [
+    "DEFAULT_POOLS",
+    "DEFAULT_POOL_NETWORKS",
+    "ServerOptions",
+    "run_echo_server",
+    "token_keys_of",
+]
 
 log = logging.getLogger("snaptun.cli.server")
 
@@ -54,7 +60,11 @@ class ServerOptions:
     token_validity: float = 60.0
     accept_token: str = DEFAULT_TOKEN
     isd_as: IsdAs = DEFAULT_ISD_AS
-    token_keys: tuple[Path, ...] = ()
+    token_keys: tuple[Path, ...] = ()  # Ed25519 public PEMs (no kid)
+    token_jwks: tuple[Path, ...] = ()  # JWK Sets (keys by kid), re-read on SIGHUP or change
+    token_issuer: str | None = None  # iss a JWT must carry; None: not checked
+    token_audience: str | None = None  # aud a JWT must name; None: its aud, if any, names "snap"
+    token_poll: float = POLL_INTERVAL  # seconds between checks of the key files for a change
     pools: tuple[IPNetwork, ...] = DEFAULT_POOL_NETWORKS
     echo: bool = True
     max_lifetime: float | None = None
@@ -80,10 +90,44 @@ def _certificate(options: ServerOptions, err: TextIO) -> Iterator[tuple[Path, Pa
         yield cert, key
 
 
-def _validator(options: ServerOptions) -> TokenValidator[SnapTokenClaims]:
-    if options.token_keys:
-        return JwtTokenValidator([load_public_key(path) for path in options.token_keys])
+def token_keys_of(options: ServerOptions) -> TokenKeys | None:
+    """The JWT keys of ``--token-key``/``--token-jwks``, or None for the static token.
+
+    ValueError naming the file that cannot be read or parsed.
+    """
+    if not (options.token_keys or options.token_jwks):
+        return None
+    policy = ClaimsPolicy(options.token_issuer, options.token_audience)
+    return TokenKeys.open(options.token_keys, options.token_jwks, policy)
+
+
+def _validator(keys: TokenKeys | None, options: ServerOptions) -> TokenValidator[SnapTokenClaims]:
+    if keys is not None:
+        return keys.validator
     return StaticTokenValidator(options.accept_token, options.token_validity)
+
+
+async def _watch_keys(keys: TokenKeys, period: float) -> None:
+    """Reload the key files when one changes (a bad file keeps the old keys, logged once)."""
+    while True:
+        await asyncio.sleep(period)
+        keys.poll()
+
+
+def _install_reload_signal(keys: TokenKeys | None) -> Callable[[], None]:
+    """Reload the token keys on SIGHUP (main thread only); returns the undo."""
+    if keys is None or threading.current_thread() is not threading.main_thread():
+        return _nothing
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGHUP, keys.reload, "SIGHUP")
+    except (NotImplementedError, RuntimeError):  # pragma: no cover - no signals here
+        return _nothing
+
+    def undo() -> None:
+        loop.remove_signal_handler(signal.SIGHUP)
+
+    return undo
 
 
 def _install_stop_signals(stop: asyncio.Event) -> Callable[[], None]:
@@ -114,6 +158,11 @@ def _log_outcome(outcome: TunnelOutcome) -> None:
         log.info("tunnel from %s closed by the client", outcome.remote)
 
 
+def _describe(keys: TokenKeys) -> str:
+    key_set = keys.validator.key_set
+    return f"JWT ({len(key_set)} keys, kids: {', '.join(key_set.kids) or 'none'})"
+
+
 async def run_echo_server(
     options: ServerOptions,
     *,
@@ -124,8 +173,10 @@ async def run_echo_server(
 ) -> int:
     """Serve until ``stop`` is set, SIGINT/SIGTERM arrives or ``max_lifetime`` passes; returns 0.
 
-    Signal handlers are installed only when no ``stop`` event is given (and
-    only in the main thread).
+    Signal handlers (and SIGHUP, which re-reads the token key files) are
+    installed only when no ``stop`` event is given (and only in the main
+    thread). Changed key files are picked up every ``token_poll`` seconds.
+    ValueError naming the key file that cannot be read or parsed.
 
     Prints ``listening IP:PORT`` on ``out`` once the endpoint is bound and
     calls ``ready`` with the bound (host, port).
@@ -134,7 +185,8 @@ async def run_echo_server(
     err = err if err is not None else sys.stderr
     handle_signals = stop is None
     stop = stop if stop is not None else asyncio.Event()
-    validator = _validator(options)
+    keys = token_keys_of(options)
+    validator = _validator(keys, options)
     allocator = AddressManager(options.isd_as, options.pools, rng=random.SystemRandom())
     settings = QuicSettings(udp_payload_size=options.mtu)
     with _certificate(options, err) as (cert, key):
@@ -147,6 +199,10 @@ async def run_echo_server(
             admission=AdmissionSettings(retry=options.retry),
         )
         undo_signals = _install_stop_signals(stop) if handle_signals else _nothing
+        undo_reload = _install_reload_signal(keys) if handle_signals else _nothing
+        watcher = asyncio.ensure_future(
+            _watch_keys(keys, options.token_poll) if keys is not None else stop.wait()
+        )
         # Every client shares the static token, so one identity: let them share (as the
         # reference does) instead of replacing each other.
         server = Server(allocator, validator, registry=TunnelRegistry(exclusive=False))
@@ -158,7 +214,7 @@ async def run_echo_server(
             out.flush()
             log.info(
                 "token %s valid %s s; ISD-AS %s; pools %s; mtu %d",
-                "JWT" if options.token_keys else repr(options.accept_token),
+                _describe(keys) if keys is not None else repr(options.accept_token),
                 options.token_validity,
                 options.isd_as,
                 ", ".join(str(p) for p in options.pools),
@@ -175,8 +231,10 @@ async def run_echo_server(
                 task.result()  # the service died: let its error out
         finally:
             undo_signals()
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            undo_reload()
+            for job in (watcher, task):
+                job.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await job
             endpoint.close()
     return 0

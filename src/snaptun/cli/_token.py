@@ -35,7 +35,6 @@ from snaptun.core.tokens import (
     parse_jwks,
 )
 from snaptun.errors import SnaptunError
-from snaptun.gateway.service import CONNECT_FILE
 from snaptun.gateway.state_dir import StateFiles, default_state_dir
 from snaptun.keyfiles import load_private_key, load_public_key, write_private_key, write_public_key
 
@@ -215,7 +214,7 @@ def _run_issue(args: argparse.Namespace) -> int:
 
 def connect_command(state_dir: Path | None, token: str) -> str:
     """``snaptun connect`` to the gateway of ``state_dir`` with ``token``, as one shell line."""
-    path = (state_dir or default_state_dir()) / CONNECT_FILE
+    path = StateFiles(state_dir or default_state_dir()).connect_info
     try:
         record = json.loads(path.read_text())
         address, fingerprint = str(record["address"]), str(record["fingerprint"])

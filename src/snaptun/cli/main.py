@@ -30,6 +30,7 @@ from snaptun.cli._server import (
     DEFAULT_POOLS,
     ServerOptions,
     run_echo_server,
+    token_keys_of,
 )
 from snaptun.core.addressing import EndhostAddress, IPNetwork, IsdAs
 
@@ -105,6 +106,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="PUBLIC_PEM",
         help="Ed25519 public key: validate EdDSA JWTs instead of the static token (repeatable)",
+    )
+    server.add_argument(
+        "--token-jwks",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="JWK Set of Ed25519 keys selected by a token's kid: validate EdDSA JWTs; re-read "
+        "on SIGHUP and on change (repeatable; combinable with --token-key)",
+    )
+    server.add_argument(
+        "--token-issuer", metavar="ISS", help="iss a JWT must carry (default: not checked)"
+    )
+    server.add_argument(
+        "--token-audience",
+        metavar="AUD",
+        help="aud a JWT must name (default: a token's aud, if any, must name 'snap')",
     )
     server.add_argument(
         "--pool",
@@ -241,6 +259,9 @@ def server_options(args: argparse.Namespace) -> ServerOptions:
         accept_token=args.accept_token,
         isd_as=args.isd_as,
         token_keys=tuple(args.token_key),
+        token_jwks=tuple(args.token_jwks),
+        token_issuer=args.token_issuer,
+        token_audience=args.token_audience,
         pools=pools,
         echo=not args.no_echo,
         max_lifetime=args.max_lifetime,
@@ -307,7 +328,12 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.command == "echo-server":
         if (args.cert is None) != (args.key is None):
             parser.error("echo-server: give both --cert and --key, or neither")
-        return run_coroutine(run_echo_server(server_options(args)))
+        options = server_options(args)
+        try:
+            token_keys_of(options)  # a bad key file is a usage error, named, before any socket
+        except ValueError as exc:
+            args.usage_parser.error(str(exc))
+        return run_coroutine(run_echo_server(options))
     if args.auto_renew and args.renew_every is not None:
         parser.error("echo-client: --auto-renew and --renew-every exclude each other")
     return run_coroutine(run_echo_client(client_options(args)))

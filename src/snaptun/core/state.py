@@ -192,6 +192,22 @@ request: token expired at 2026-01-01T00:00:00Z (1767225600)``, so that any clien
 can show why. The code stays 1 (InvalidRequest), as in the reference."""
 MAX_CAUSE: Final = 200
 """Characters of a refusal's cause kept in the close reason and the answer's body."""
+
+
+def refusal_cause(reason: str) -> str:
+    """The cause in a refused setup's close reason: what follows a reference prefix and ": ".
+
+    ``handling session renewal request: token expired at …`` gives ``token
+    expired at …``; a reason without a cause (the reference's own, or any
+    other close) is returned as it is. Inverse of how :data:`_REFUSED` builds
+    the reason, for clients that show the cause.
+    """
+    for prefix in _REFUSED.values():
+        if reason.startswith(prefix) and reason[len(prefix) : len(prefix) + 2] == ": ":
+            return reason[len(prefix) + 2 :]
+    return reason
+
+
 _NOT_STORED: Final = ControlAnswer(
     400, b"either requested address is unavailable, or no addresses are available"
 )

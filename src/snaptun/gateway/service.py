@@ -46,6 +46,7 @@ from snaptun.gateway.grant_writer import GrantWriter
 from snaptun.gateway.http import HttpServer, metrics_route
 from snaptun.gateway.metrics import GatewayMetrics
 from snaptun.gateway.state_dir import (
+    CONNECT_FILE,  # re-exported: its old home
     StateFiles,
     StateLock,
     check_tls_files,
@@ -94,11 +95,6 @@ class StartReport:
     token_keys: list[Path] = field(default_factory=list)
     dev_key: bool = False
     """Whether tokens are checked against the state directory's dev key (no operator keys)."""
-
-
-CONNECT_FILE: Final = "connect.json"
-"""In the state directory: where clients on this host reach the gateway, for
-``snaptun token issue --connect`` (written at every start)."""
 
 
 def connect_address(listen: tuple[str, int]) -> tuple[str, int]:
@@ -262,7 +258,7 @@ class Gateway:
             token_keys=[*key_paths, *cfg.token_jwks],
             dev_key=not operator_keys,
         )
-        _write_connect_file(files.root / CONNECT_FILE, report)
+        _write_connect_file(files.connect_info, report)
         self.events.emit(
             "started",
             listen=_fmt(report.listen),

@@ -23,6 +23,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -38,6 +39,7 @@ from snaptun.keyfiles import load_private_key, load_public_key, write_private_ke
 from snaptun.tls import fingerprint_of, write_self_signed
 
 __all__ = [
+    "CONNECT_FILE",
     "StateDirInUse",
     "StateError",
     "StateFileError",
@@ -50,6 +52,11 @@ __all__ = [
     "load_token_keys",
     "lock_state_dir",
 ]
+
+CONNECT_FILE: Final = "connect.json"
+"""In the state directory: where clients on this host reach the gateway, for
+``snaptun token issue --connect`` (written at every start). Named here, not in
+``gateway.service``, so that reading it does not load the QUIC stack."""
 
 _BAD_KEY_ERRORS = (ValueError, TypeError, UnsupportedAlgorithm)
 """What ``cryptography`` raises for a PEM that does not parse, is encrypted or unsupported."""
@@ -113,6 +120,11 @@ class StateFiles:
     def signing_public_key(self) -> Path:
         """Its public half, what the gateway validates tokens with."""
         return self.root / "signing-key.pub.pem"
+
+    @property
+    def connect_info(self) -> Path:
+        """Where clients reach the running gateway (:data:`CONNECT_FILE`, JSON)."""
+        return self.root / CONNECT_FILE
 
     @property
     def grants_db(self) -> Path:
