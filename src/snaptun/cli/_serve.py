@@ -98,6 +98,8 @@ async def _serve(gateway: Gateway) -> int:
             f"snaptun serve: metrics http://{format_socket_address(*report.metrics)}/metrics",
             file=sys.stderr,
         )
+    if report.admin is not None:
+        print(f"snaptun serve: status page {report.admin}/ (snaptun status)", file=sys.stderr)
     print(f"listening {format_socket_address(*report.listen)}", flush=True)
     await stop.wait()
     await gateway.shutdown()

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from snaptun.cli import _connect, _serve, _token
+from snaptun.cli import _connect, _serve, _status, _token
 from snaptun.cli._client import SEQ_BYTES, ClientOptions, run_echo_client
 from snaptun.cli._common import (
     add_trust_flags,
@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="QUIC handshake limit (5)",
     )
     _add_quic_flags(client)
-    for module in (_serve, _token, _connect):
+    for module in (_serve, _token, _connect, _status):
         module.register(commands)
     return parser
 
@@ -258,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     run: Callable[[argparse.Namespace], int] | None = getattr(args, "run", None)
-    if run is not None:  # subcommands that register themselves (serve, token, connect)
+    if run is not None:  # subcommands that register themselves (serve, token, connect, status)
         return run(args)
     setup_logging(args.verbose)
     if args.command == "echo-server":

@@ -84,7 +84,18 @@ _DETACHED = Verdict.DETACHED
 class TunnelPort(Route):
     """One tunnel as the data plane sees it: its route, plus how to reach and answer it."""
 
-    __slots__ = ("gateway", "receiver", "scmp", "sender")
+    __slots__ = (
+        "drops",
+        "from_client_bytes",
+        "from_client_packets",
+        "gateway",
+        "receiver",
+        "scmp",
+        "scmp_sent",
+        "sender",
+        "to_client_bytes",
+        "to_client_packets",
+    )
 
     def __init__(
         self,
@@ -101,6 +112,18 @@ class TunnelPort(Route):
         """Bounds the SCMP error answers this tunnel can make the gateway build."""
         self.receiver: Receiver[Any] | None = None
         """Whose sink feeds this port, until :meth:`Dataplane.release`."""
+        # Per-tunnel accounting: plain integers, bumped next to the global counters.
+        self.from_client_packets = 0
+        """Packets from the client forwarded (to the underlay or another tunnel)."""
+        self.from_client_bytes = 0
+        self.to_client_packets = 0
+        """Packets delivered into this tunnel (from the underlay or another tunnel;
+        SCMP answers are counted in ``scmp_sent`` only)."""
+        self.to_client_bytes = 0
+        self.drops = 0
+        """Packets from this client, or for it, that were dropped (any reason)."""
+        self.scmp_sent = 0
+        """SCMP error answers sent to this client."""
 
 
 class Dataplane:
@@ -231,19 +254,28 @@ class Dataplane:
             udp = self._udp
             if udp is None or udp.closed:
                 self._metrics.drop("underlay_closed")
+                port.drops += 1
             elif udp.send(packet, self._next_hop):
                 counters = self._counters
                 counters.packets[TUNNEL_TO_UNDERLAY] += 1
                 counters.bytes[TUNNEL_TO_UNDERLAY] += len(packet)
+                port.from_client_packets += 1
+                port.from_client_bytes += len(packet)
             else:
                 self._metrics.drop("underlay_queue_full")
+                port.drops += 1
         elif isinstance(result, TunnelPort):
             if self._to_tunnel(result, packet):
                 counters = self._counters
                 counters.packets[TUNNEL_TO_TUNNEL] += 1
                 counters.bytes[TUNNEL_TO_TUNNEL] += len(packet)
+                port.from_client_packets += 1
+                port.from_client_bytes += len(packet)
+                result.to_client_packets += 1
+                result.to_client_bytes += len(packet)
         else:
             self._metrics.drop(result.reason)
+            port.drops += 1
             if result is not _DETACHED:
                 self._answer(port, packet)
 
@@ -255,10 +287,13 @@ class Dataplane:
                 counters = self._counters
                 counters.packets[UNDERLAY_TO_TUNNEL] += 1
                 counters.bytes[UNDERLAY_TO_TUNNEL] += len(packet)
+                result.to_client_packets += 1
+                result.to_client_bytes += len(packet)
         else:
             self._metrics.drop(result.reason)
 
     def _to_tunnel(self, port: TunnelPort, packet: bytes) -> bool:
+        """Send into ``port``'s tunnel; a drop is counted there (delivery by the caller)."""
         for _ in range(2):
             try:
                 port.sender.send(packet)
@@ -273,8 +308,10 @@ class Dataplane:
                 self._metrics.drop("tunnel_closed")
             else:
                 return True
+            port.drops += 1
             return False
         self._metrics.drop("tunnel_closed")
+        port.drops += 1
         return False
 
     def _answer(self, port: TunnelPort, offending: bytes) -> None:
@@ -301,6 +338,7 @@ class Dataplane:
             sent = self._counters.scmp_sent
             code = str(violation.code.value)
             sent[code] = sent.get(code, 0) + 1
+            port.scmp_sent += 1
 
 
 def _log_underlay_error(exc: OSError) -> None:
