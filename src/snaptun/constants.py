@@ -1,4 +1,4 @@
-"""Protocol constants shared by server and client (PROTOCOL.md §1-§4)."""
+"""Protocol constants shared by server and client: those of snap-tun 0.1.0's wire protocol."""
 
 from __future__ import annotations
 

@@ -46,10 +46,14 @@ not drawn::
     │   ├── DatagramTooLarge            larger than the peer's maximum datagram size
     │   ├── SendBufferFull              no room now; retry or use send_wait()
     │   └── DatagramsUnsupported        the peer did not enable DATAGRAM frames
-    ├── TokenValidationError            token outcomes of PROTOCOL.md §4
+    ├── TokenValidationError            a control request's token (its HTTP status)
     │   ├── InvalidSignature            HTTP 401
+    │   │   └── UnknownKeyId            HTTP 401: no trusted key has the token's kid
     │   ├── MalformedToken              HTTP 400
-    │   └── TokenExpired                HTTP 401
+    │   │   ├── WrongAudience           HTTP 400: aud does not name this gateway
+    │   │   └── WrongIssuer             HTTP 400: iss is not the configured issuer
+    │   ├── TokenExpired                HTTP 401
+    │   └── NotYetValid                 HTTP 401: now + leeway < nbf
     ├── AddressAllocationError          the allocator refused a request
     │   ├── NoAddressesAvailable
     │   ├── AddressUnavailable          the asked address is granted or held elsewhere
@@ -64,6 +68,7 @@ not drawn::
     │   ├── StateFileError              a state file is unreadable or damaged
     │   └── StateDirInUse               another gateway holds the directory's lock
     ├── GrantStoreError                 the grant database failed (gateway.store)
+    ├── BindError                       [OSError] a gateway socket could not be bound (gateway.bind)
     └── ClientError                     what the client side raises
         ├── ControlResponseError        a non-2xx answer (.status, .body)
         ├── MalformedResponse           an answer that is not the protocol's
@@ -171,10 +176,17 @@ class AcceptInternalError(AcceptError):
 
 
 class UnexpectedControlRequest(AcceptError):
-    """The client sent the wrong request, or a setup request was refused."""
+    """The client sent the wrong request, or a setup request was refused.
 
-    def __init__(self, detail: str = "unexpected control request") -> None:
+    ``refusal`` names the cause of a refusal in one word (``TokenExpired``,
+    ``UnknownKeyId``, ``AddressUnavailable``, ...; None for a wrong request).
+    """
+
+    def __init__(
+        self, detail: str = "unexpected control request", *, refusal: str | None = None
+    ) -> None:
         self.detail = detail
+        self.refusal = refusal
         super().__init__(detail)
 
 
@@ -395,6 +407,30 @@ class MalformedToken(TokenValidationError):
 
 class TokenExpired(TokenValidationError):
     """The token's ``exp`` is in the past."""
+
+    status = 401
+
+
+class UnknownKeyId(InvalidSignature):
+    """The token names a key (``kid``) that no trusted key has, and no other key verifies it."""
+
+    status = 401
+
+
+class WrongAudience(MalformedToken):
+    """The token's ``aud`` does not name this gateway's audience (400, as the reference)."""
+
+    status = 400
+
+
+class WrongIssuer(MalformedToken):
+    """The token's ``iss`` is not the configured issuer (400, as the reference)."""
+
+    status = 400
+
+
+class NotYetValid(TokenValidationError):
+    """The token's ``nbf`` is still ahead, beyond the leeway (401, like an expired token)."""
 
     status = 401
 

@@ -1,4 +1,4 @@
-"""Every setup error path of PROTOCOL.md §2 and §4, seen as the close code the client gets."""
+"""Every setup error path (request, timeout, token, address) as the close code the client gets."""
 
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ async def test_oversized_head_is_too_big(certs: tuple[Path, Path]) -> None:
 
 
 async def test_oversized_assign_request_is_refused_at_once(certs: tuple[Path, Path]) -> None:
-    # The reference spins forever on this one (PROTOCOL.md §2); we close with code 1.
+    # The reference's reader spins forever on a 4096-byte request; we close with code 1.
     body = b"\x0a" * 4096
     big = encode_request(RequestKind.ADDRESS_ASSIGNMENT, TOKEN, body)
     started = time.monotonic()
@@ -203,11 +203,21 @@ async def test_valid_jwt_sets_the_tunnel_up(
 
 
 @pytest.mark.parametrize(
-    "forge",
-    ["other_key", "expired", "alg_none", "hs256_with_public_key", "garbage"],
+    ("forge", "cause", "refused_as"),
+    [
+        ("other_key", "token signature does not verify with any trusted key", "InvalidSignature"),
+        ("expired", "token expired at 20", "TokenExpired"),
+        ("alg_none", "malformed token: The specified alg value is not allowed", "MalformedToken"),
+        ("hs256_with_public_key", "malformed token: The specified alg", "MalformedToken"),
+        ("garbage", "malformed token: not three dot-separated segments", "MalformedToken"),
+    ],
 )
-async def test_bad_tokens_are_refused_with_close_code_1(
-    certs: tuple[Path, Path], signing_key: Ed25519PrivateKey, forge: str
+async def test_bad_tokens_are_refused_with_close_code_1_and_the_cause(
+    certs: tuple[Path, Path],
+    signing_key: Ed25519PrivateKey,
+    forge: str,
+    cause: str,
+    refused_as: str,
 ) -> None:
     good = claims()
     if forge == "other_key":
@@ -225,9 +235,11 @@ async def test_bad_tokens_are_refused_with_close_code_1(
         token = "not-a-jwt"
     close, _responses, refusal = await setup_with_token(certs, signing_key, token)
     assert isinstance(refusal, UnexpectedControlRequest)
+    assert refusal.refusal == refused_as
     assert close is not None
     assert close.code == CloseCode.INVALID_REQUEST
-    assert close.reason == "handling session renewal request"
+    # The reference's reason, then ours: the cause.
+    assert close.reason.startswith(f"handling session renewal request: {cause}"), close.reason
 
 
 def _hs256(payload: dict[str, object], secret: bytes) -> str:
@@ -305,7 +317,7 @@ async def test_refused_assignments_during_setup_close_with_code_1(
         certs,
         [RENEW, request_body],
         CloseCode.INVALID_REQUEST,
-        "handling address assignment request",
+        f"handling address assignment request: {answer}",
     )
 
 

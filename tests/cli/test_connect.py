@@ -29,7 +29,7 @@ def parse(*argv: str) -> Any:
 
 def test_defaults() -> None:
     args = parse(GATEWAY, "--insecure", "--token", "T")
-    assert args.address == ("127.0.0.1", 4433)
+    assert args.gateways == [("127.0.0.1", 4433)]
     assert args.insecure is True
     assert (args.ca, args.fingerprint) == (None, None)
     assert (args.token, args.token_file) == ("T", None)
@@ -69,8 +69,8 @@ def test_all_flags() -> None:
         "2.5",
         "-vv",
     )
-    assert args.address == ("::1", 4433)
-    assert args.fingerprint == FINGERPRINT
+    assert args.gateways == [("::1", 4433)]
+    assert args.fingerprint == [FINGERPRINT]
     assert args.token_file == Path("/run/token")
     assert args.desired == EndhostAddress.parse("1-ff00:0:110,10.0.0.7")
     assert args.local == ("::1", 5000)
@@ -79,6 +79,56 @@ def test_all_flags() -> None:
     assert args.max_reconnects == 0
     assert args.connect_timeout == 2.5
     assert args.verbose == 2
+
+
+def test_several_gateways_each_with_its_fingerprint() -> None:
+    args = parse(
+        GATEWAY,
+        "[::1]:4433",
+        "--fingerprint",
+        "ab" * 32,
+        "--fingerprint",
+        "cd" * 32,
+        "--token",
+        "T",
+    )
+    assert args.gateways == [("127.0.0.1", 4433), ("::1", 4433)]
+    assert args.fingerprint == ["ab" * 32, "cd" * 32]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        pytest.param(
+            [GATEWAY, "127.0.0.1:4434", *["--fingerprint", FINGERPRINT] * 3],
+            "one per gateway (2), not 3",
+            id="fingerprint-count",
+        ),
+        pytest.param(
+            [GATEWAY, "127.0.0.1:4434", GATEWAY, "--insecure"],
+            "listed twice: 127.0.0.1:4433",
+            id="duplicate",
+        ),
+    ],
+)
+def test_fleet_usage_errors(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["connect", *argv, "--token", "T"])
+    assert exited.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "usage:" in captured.err
+    assert message in captured.err
+
+
+async def test_fleet_errors_in_process_are_an_error_line() -> None:
+    out = io.StringIO()
+    args = parse(GATEWAY, GATEWAY, "--insecure", "--token", "T")
+    assert await asyncio.wait_for(run_connect(args, out), 5) == 1
+    (error,) = records(out.getvalue())
+    assert "listed twice" in error["error"]
 
 
 @pytest.mark.parametrize(

@@ -64,6 +64,8 @@ def test_ref_client_against_our_server(our_server: str) -> None:
     assert code == 1
     assert failure["ok"] is False
     assert failure["close_code"] == 1
+    # The reference's reason and our cause: the Rust client shows why.
+    assert failure["close_reason"] == "handling session renewal request: token not accepted"
 
 
 @needs_ref

@@ -1,4 +1,4 @@
-"""Tests of snaptun.core.allocator: the rules of PROTOCOL.md §6 with a fake clock."""
+"""Tests of snaptun.core.allocator: grants by identity, holds, wildcards, with a fake clock."""
 
 from __future__ import annotations
 
@@ -719,7 +719,7 @@ SM_IDENTITIES = [1, 2, 3, 4]
 
 
 class AllocatorMachine(RuleBasedStateMachine):
-    """Drives an AddressManager and a plain model of §6 side by side."""
+    """Drives an AddressManager and a plain model of the allocation rules side by side."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -1,4 +1,4 @@
-"""Tests of the HTTP/1.1-framed control requests and responses (PROTOCOL.md §2)."""
+"""Tests of the HTTP/1.1-framed control requests and responses."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from snaptun.errors import (
 RENEW = RequestKind.SESSION_RENEWAL
 ASSIGN = RequestKind.ADDRESS_ASSIGNMENT
 
-# PROTOCOL.md §2, byte for byte.
+# The reference client's requests, byte for byte.
 REF_RENEW = (
     b"POST /connectrpc.v1.snaptun/renew_session HTTP/1.1\r\n"
     b"content-type: application/proto\r\n"

@@ -1,4 +1,4 @@
-"""Tests of the proto3 control messages (PROTOCOL.md §3)."""
+"""Tests of the proto3 control messages (test vectors of the reference's encoding)."""
 
 from __future__ import annotations
 

@@ -27,22 +27,36 @@ from snaptun.core.state import (
     next_state,
 )
 from snaptun.core.tokens import SnapTokenClaims
-from snaptun.errors import InvalidSignature, MalformedToken, NoAddressAssigned, TokenExpired
+from snaptun.errors import (
+    InvalidSignature,
+    MalformedToken,
+    NoAddressAssigned,
+    TokenExpired,
+    TokenValidationError,
+)
 
 IA = IsdAs.parse("1-ff00:0:110")
 NOW = 1_800_000_000.0
 
 
 class FakeValidator:
-    """Tokens are 'ok:<identity>:<exp>', 'badsig', 'malformed' or 'expired'."""
+    """Tokens are 'ok:<identity>:<exp>', 'badsig', 'malformed', 'expired' or 'long'."""
+
+    ERRORS: dict[str, TokenValidationError] = {  # noqa: RUF012 - read-only table
+        "badsig": InvalidSignature("bad signature"),
+        "malformed": MalformedToken("malformed"),
+        "expired": TokenExpired("expired"),
+        "long": InvalidSignature("x" * 1000),
+    }
+
+    @classmethod
+    def error(cls, token: str) -> TokenValidationError:
+        """The refusal a token stands for."""
+        return cls.ERRORS[token]
 
     def validate(self, now: float, token: str) -> SnapTokenClaims:
-        if token == "badsig":
-            raise InvalidSignature("bad signature")
-        if token == "malformed":
-            raise MalformedToken("malformed")
-        if token == "expired":
-            raise TokenExpired("expired")
+        if token in self.ERRORS:
+            raise self.ERRORS[token]
         _, identity, exp = token.split(":")
         return SnapTokenClaims(pssid=uuid.UUID(identity), exp=int(exp))
 

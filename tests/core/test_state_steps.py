@@ -18,6 +18,7 @@ from snaptun.core.control import ControlRequest, RequestKind
 from snaptun.core.registry import TunnelRegistry
 from snaptun.core.state import (
     INTERNAL_ERROR,
+    MAX_CAUSE,
     MAX_CONCURRENT_REQUESTS,
     REPLACED,
     SESSION_EXPIRED,
@@ -100,18 +101,38 @@ def test_renewal_twice_closes_without_an_answer() -> None:
 
 
 @pytest.mark.parametrize(
-    ("token", "status"), [("badsig", 401), ("malformed", 400), ("expired", 401)]
+    ("token", "status", "refusal"),
+    [
+        ("badsig", 401, "InvalidSignature"),
+        ("malformed", 400, "MalformedToken"),
+        ("expired", 401, "TokenExpired"),
+    ],
 )
-def test_refused_renewal_is_answered_then_closed_with_the_reference_reason(
-    token: str, status: int
+def test_refused_renewal_is_closed_with_the_reference_reason_and_the_cause(
+    token: str, status: int, refusal: str
 ) -> None:
     m, _ = make()
     step = m.setup_request(NOW, renew(token))
     assert step.answer is not None
     assert step.answer.status == status
-    refused = Close(CloseCode.INVALID_REQUEST, "handling session renewal request")
+    cause = str(FakeValidator.error(token))
+    assert step.answer.body == cause.encode()  # the cause, for a client reading the answer
+    # The reference's code and reason, then ": " and the cause (ours).
+    refused = Close(CloseCode.INVALID_REQUEST, f"handling session renewal request: {cause}")
     assert step.close == refused
     assert step.close_if_unsent == refused  # closed the same way if the answer is lost
+    assert step.refusal == refusal
+
+
+def test_a_long_cause_is_clipped() -> None:
+    m, _ = make()
+    step = m.setup_request(NOW, renew("long"))
+    assert step.close is not None
+    prefix = "handling session renewal request: "
+    assert step.close.reason.startswith(prefix + "x" * 100)
+    assert len(step.close.reason) == len(prefix) + MAX_CAUSE
+    assert step.answer is not None
+    assert len(step.answer.body.decode()) == MAX_CAUSE
 
 
 def test_refused_assignment_is_answered_then_closed_with_the_reference_reason() -> None:
@@ -120,7 +141,11 @@ def test_refused_assignment_is_answered_then_closed_with_the_reference_reason() 
     step = m.setup_request(NOW, assign(tok(B, exp=NOW + 60)))  # another identity
     assert step.answer is not None
     assert step.answer.status == 401
-    assert step.close == Close(CloseCode.INVALID_REQUEST, "handling address assignment request")
+    assert step.close == Close(
+        CloseCode.INVALID_REQUEST,
+        "handling address assignment request: token identity does not match the session",
+    )
+    assert step.refusal == "IdentityMismatch"
     assert not step.established
 
 
@@ -177,7 +202,12 @@ def test_a_failed_write_refuses_and_undoes_the_grant() -> None:
     refused = m.stored(ok=False)
     assert refused.answer is not None
     assert refused.answer.status == 400
-    assert refused.close == Close(CloseCode.INVALID_REQUEST, "handling address assignment request")
+    assert refused.close == Close(
+        CloseCode.INVALID_REQUEST,
+        "handling address assignment request: "
+        "either requested address is unavailable, or no addresses are available",
+    )
+    assert refused.refusal == "GrantNotStored"
     assert manager.grants(now=NOW) == []  # undone
     assert m.allocation is None
     with pytest.raises(RuntimeError, match="without a grant"):

@@ -199,6 +199,31 @@ async def test_sigterm_closes_tunnels_with_a_code_and_exits_0(tmp_path: Path) ->
             assert closed[-1]["reason"] == "gateway shutting down"
 
 
+async def test_events_name_the_address_the_client_roamed_to(tmp_path: Path) -> None:
+    """`renewed` and `closed` name the client's address now, not the one it came from."""
+    async with udp_sink() as router:
+        with run_gateway(tmp_path / "state", tmp_path / "gw.log", router.address) as gw:
+            async with quic.connect(gw.listen[0], gw.listen[1], fingerprint=gw.fingerprint) as conn:
+                sender, _, control = await ClientBuilder(gw.token()).connect(conn)
+                first = conn.local_address
+                await conn.rebind()
+                moved = conn.local_address
+                assert first is not None
+                assert moved is not None
+                me = control.assigned_addresses[0]
+                sender.send(scion_udp(me, FOREIGN, b"from-the-new-socket"))
+                assert (await router.get()).endswith(b"from-the-new-socket")
+                await asyncio.wait_for(control.renew_session(), 5)
+            await asyncio.sleep(0.3)  # the gateway logs the close
+            lines = gw.log.read_text().splitlines()
+            events = {
+                json.loads(line)["event"]: json.loads(line) for line in lines if line[:1] == "{"
+            }
+            assert events["accepted"]["remote"] == f"127.0.0.1:{first[1]}"
+            assert events["renewed"]["remote"] == f"127.0.0.1:{moved[1]}"
+            assert events["closed"]["remote"] == f"127.0.0.1:{moved[1]}"
+
+
 async def test_two_connect_clients_switch_locally(tmp_path: Path) -> None:
     async with udp_sink() as router, udp_sink() as app_a, udp_sink() as app_b:
         with run_gateway(tmp_path / "state", tmp_path / "gw.log", router.address) as gw:

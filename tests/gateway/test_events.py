@@ -6,7 +6,9 @@ import io
 import ipaddress
 import json
 import logging
+import re
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -112,10 +114,10 @@ def test_stream_and_logger_together(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_defaults_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
-    EventLog().emit(Event.GATEWAY_STOPPING, reason="SIGTERM")
+    EventLog().emit(Event.STOPPING, tunnels=0)
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert json.loads(captured.err)["event"] == "gateway_stopping"
+    assert json.loads(captured.err)["event"] == "stopping"
 
 
 def test_a_failing_stream_never_raises() -> None:
@@ -132,8 +134,27 @@ def test_event_names() -> None:
         "assigned",
         "renewed",
         "expired",
+        "replaced",
         "closed",
         "refused",
-        "gateway_started",
-        "gateway_stopping",
+        "started",
+        "stopping",
+        "stopped",
+        "keys_reloaded",
     }
+
+
+def test_the_names_are_those_the_gateway_emits() -> None:
+    source = (Path(__file__).resolve().parents[2] / "src/snaptun/gateway/service.py").read_text()
+    emitted = set(re.findall(r'events\.emit\(\s*"(\w+)"', source))
+    assert emitted == {str(e) for e in Event}
+
+
+@pytest.mark.parametrize(
+    ("level", "written"),
+    [(logging.DEBUG, True), (logging.INFO, True), (logging.WARNING, False), (logging.ERROR, False)],
+)
+def test_a_level_above_info_silences_the_stream(level: int, written: bool) -> None:
+    out = io.StringIO()
+    EventLog(out, level=level).emit("accepted", remote="[::1]:1")
+    assert bool(out.getvalue()) is written

@@ -1,4 +1,4 @@
-"""The gateway's packet policy, one test per row of PROTOCOL.md §10, and its SCMP answer."""
+"""The packet policy, one test per row of its table in docs/GATEWAY.md, and its SCMP answer."""
 
 from __future__ import annotations
 

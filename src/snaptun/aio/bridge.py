@@ -16,6 +16,20 @@ without it to the last local sender. When the connection ends (gateway gone,
 session expired, renewal given up) the bridge reconnects with exponential
 backoff and asks for the address it was given last.
 
+Given a :class:`~snaptun.aio.fleet.GatewayFleet` instead of one connect
+factory, each round of connecting walks the fleet in rendezvous order of the
+token's identity: a gateway that cannot be reached or fails the setup in a
+way worth retrying (handshake timeout, refused, shutting down, answered 5xx)
+hands over to the next one at once; only when all failed does the bridge back
+off. Every round starts again from the top, also after a tunnel ended: a
+client goes back to its preferred gateway as soon as that one is back (so the
+fleet's spread heals by itself), at the cost of one connect timeout per
+reconnect while it is down; an established tunnel is never moved. A refusal
+that retrying will not change (bad token) ends the bridge whatever gateway
+said it, and a "replaced" close stays final. On another gateway than the one
+that assigned the last address, the bridge asks for the originally desired
+addresses: the fleet's gateways own different parts of the address space.
+
 Errors (all :class:`~snaptun.errors.ClientError`)::
 
     BridgeError
@@ -42,15 +56,16 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 from snaptun.aio.client import ClientBuilder, ClientControl, ClientReceiver, ClientSender
+from snaptun.aio.fleet import ConnectFactory, Gateway, GatewayFleet
 from snaptun.aio.quic import QuicConnection
 from snaptun.constants import REPLACED_CLOSE_CODE, REPLACED_REASON, CloseCode
 from snaptun.core.addressing import EndhostAddress
+from snaptun.core.rendezvous import token_identity
 from snaptun.errors import (
     ClientError,
     ConnectionLost,
@@ -71,6 +86,8 @@ __all__ = [
     "BridgeError",
     "BuilderFactory",
     "ConnectFactory",
+    "Gateway",
+    "GatewayFleet",
     "ReconnectsExhausted",
     "TokenSource",
     "TokenSourceError",
@@ -82,9 +99,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-ConnectFactory = Callable[[], AbstractAsyncContextManager[QuicConnection]]
-"""Opens one QUIC connection to the gateway, e.g. ``lambda: quic.connect(host, port, ...)``."""
 
 BuilderFactory = Callable[[Sequence[EndhostAddress]], ClientBuilder]
 """A tunnel configuration asking for the given addresses (called once per connection)."""
@@ -186,6 +200,10 @@ class TokenSource:
     async def __call__(self) -> str:
         return self.read()
 
+    def identity(self) -> str:
+        """The rendezvous identity of the current token (:func:`token_identity`)."""
+        return token_identity(self.read())
+
 
 def builder_factory(source: TokenSource, *, renew_threshold: float = 300.0) -> BuilderFactory:
     """Builders that take the token from ``source`` at setup and at every renewal."""
@@ -258,6 +276,8 @@ class TunnelConnected:
     valid_until: float | None
     local: tuple[str, int]
     max_packet_size: int | None
+    gateway: str | None = None
+    """The name of the gateway the tunnel runs through (None: a bare connect factory)."""
 
     def as_record(self) -> dict[str, Any]:
         """The ``connected`` JSON line of ``snaptun connect``."""
@@ -268,6 +288,7 @@ class TunnelConnected:
             "valid_until": None if self.valid_until is None else int(self.valid_until),
             "local": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
             "max_packet_size": self.max_packet_size,
+            "gateway": self.gateway,
         }
 
 
@@ -299,11 +320,15 @@ class TunnelBridge:
     reconnect attempts in a row failed (None: never give up). A reconnect asks
     for the addresses assigned last; if the gateway refuses that, it asks once
     more for the originally desired addresses before giving up.
+
+    ``connect_factory`` is one gateway, or a :class:`GatewayFleet` tried in
+    rendezvous order (see the module). With a fleet, one reconnect attempt is
+    one round over all its gateways, each failed gateway one ``connect_failures``.
     """
 
     def __init__(
         self,
-        connect_factory: ConnectFactory,
+        connect_factory: ConnectFactory | GatewayFleet,
         builder_factory: BuilderFactory,
         local_addr: tuple[str, int] = ("127.0.0.1", 0),
         forward_to: tuple[str, int] | None = None,
@@ -321,7 +346,12 @@ class TunnelBridge:
             raise ValueError("max_reconnects must not be negative")
         if local_queue < 1 or send_wait_bound <= 0 or local_write_buffer < 1:
             raise ValueError("queue bounds must be positive")
-        self._connect_factory = connect_factory
+        self._fleet = (
+            connect_factory
+            if isinstance(connect_factory, GatewayFleet)
+            else GatewayFleet.single(connect_factory)
+        )
+        self._assigned_by: str | None = None  # the gateway that assigned ``desired``
         self._builder_factory = builder_factory
         self._local_addr = local_addr
         self.forward_to = forward_to
@@ -395,9 +425,8 @@ class TunnelBridge:
     # ---- reconnect loop --------------------------------------------------------------------
 
     async def _reconnect_loop(self) -> None:
-        failures = 0  # reconnect attempts since the last successful setup
+        failures = 0  # rounds of attempts since the last successful setup
         level = 0  # backoff level
-        retry_initial = False  # the last refusal came while asking for a previous address
         last_error: BaseException | None = None
         first = True
         while True:
@@ -405,40 +434,62 @@ class TunnelBridge:
                 if self.max_reconnects is not None and failures >= self.max_reconnects:
                     raise ReconnectsExhausted(failures, last_error)
                 failures += 1
-                if not retry_initial:
-                    delay = self._backoff.delay(level)
-                    level += 1
-                    log.info("reconnecting in %.2f s (attempt %d)", delay, failures)
-                    await asyncio.sleep(delay)
+                delay = self._backoff.delay(level)
+                level += 1
+                log.info("reconnecting in %.2f s (attempt %d)", delay, failures)
+                await asyncio.sleep(delay)
             first = False
+            try:
+                order = self._fleet.order()
+            except TokenSourceError as exc:  # the identity is the token's: retried
+                last_error = exc
+                self.counters.connect_failures += 1
+                log.warning("tunnel setup failed: %s", exc)
+                continue
+            for gateway in order:
+                lasted, last_error = await self._attempt(gateway)
+                if lasted is not None:  # a tunnel was up: next round from the top
+                    failures = 0
+                    if lasted >= self._backoff.maximum:
+                        level = 0
+                    break
+
+    async def _attempt(self, gateway: Gateway) -> tuple[float | None, BaseException | None]:
+        """Connect to one gateway and bridge until the tunnel ends.
+
+        Returns (seconds the tunnel was up, why it ended), or (None, the error)
+        when no tunnel came up; raises :class:`BridgeError` when giving up.
+        A refusal of the previous address is retried at once, here, asking for
+        the originally desired addresses.
+        """
+        retry_initial = gateway.name != self._assigned_by  # another gateway's address
+        while True:
             desired = self._initial_desired if retry_initial else self.desired
             try:
-                async with self._connect_factory() as conn:
-                    sender, receiver, control = await self._setup(conn, desired)
-                    failures, retry_initial, last_error = 0, False, None
+                async with gateway.connect() as conn:
+                    sender, receiver, control = await self._setup(conn, desired, gateway.name)
                     started = time.monotonic()
                     try:
-                        last_error = await self._session(conn, sender, receiver, control)
+                        ended = await self._session(conn, sender, receiver, control)
                     finally:
                         self._go_offline()
                         self.counters.dropped_tunnel_queue += conn.datagrams_dropped_rx
-                    self._tunnel_ended(last_error)
-                    if time.monotonic() - started >= self._backoff.maximum:
-                        level = 0
+                    self._tunnel_ended(ended)
+                    return time.monotonic() - started, ended
             except TunnelRefused as exc:
                 if desired != self._initial_desired and not retry_initial:
                     log.warning("%s; asking for %s instead", exc, _describe(self._initial_desired))
-                    retry_initial, last_error = True, exc.cause
+                    retry_initial = True
                     continue
                 raise
             except _Transient as exc:
-                retry_initial, last_error = False, exc.cause
                 self.counters.connect_failures += 1
-                log.warning("tunnel setup failed: %s", exc.cause)
+                log.warning("tunnel setup failed%s: %s", _at(gateway), exc.cause)
+                return None, exc.cause
             except (ConnectionLost, OSError) as exc:  # handshake failed; no route; ...
-                retry_initial, last_error = False, exc
                 self.counters.connect_failures += 1
-                log.warning("cannot connect to the gateway: %s", exc)
+                log.warning("cannot connect to the gateway%s: %s", _at(gateway), exc)
+                return None, exc
 
     def _tunnel_ended(self, why: BaseException | None) -> None:
         """Report the close; a "replaced by a newer tunnel" close ends the bridge."""
@@ -450,7 +501,7 @@ class TunnelBridge:
             raise TunnelReplacedError(why)
 
     async def _setup(
-        self, conn: QuicConnection, desired: Sequence[EndhostAddress]
+        self, conn: QuicConnection, desired: Sequence[EndhostAddress], gateway: str | None
     ) -> tuple[ClientSender, ClientReceiver, ClientControl]:
         try:
             builder = self._builder_factory(desired)
@@ -468,14 +519,20 @@ class TunnelBridge:
         except (MalformedResponse, TokenSourceError) as exc:
             raise _Transient(exc) from exc
         self.desired = control.assigned_addresses
+        self._assigned_by = gateway
         self.counters.connects += 1
         self.connected = TunnelConnected(
             tuple(control.assigned_addresses),
             control.session_expiry,
             self.local_address,
             sender.max_packet_size,
+            gateway,
         )
-        log.info("tunnel up: %s", _describe(control.assigned_addresses))
+        log.info(
+            "tunnel up%s: %s",
+            "" if gateway is None else f" via {gateway}",
+            _describe(control.assigned_addresses),
+        )
         if self.on_connected is not None:
             self.on_connected(self.connected)
         return sender, receiver, control
@@ -608,6 +665,10 @@ class TunnelBridge:
             "local_busy": self.counters.dropped_local_busy,
         }[kind]
         log.warning(message, count)
+
+
+def _at(gateway: Gateway) -> str:
+    return "" if gateway.name is None else f" {gateway.name}"
 
 
 def _describe(addresses: Sequence[EndhostAddress]) -> str:

@@ -51,7 +51,7 @@ REQUEST_TIMEOUT = 5.0
 
 @dataclass(frozen=True, slots=True)
 class AutoRenewal:
-    """When and how the client renews its session by itself (PROTOCOL.md §8)."""
+    """When and how the client renews its session by itself (the reference's schedule, bounded)."""
 
     token_renewer: TokenRenewer
     threshold: float = 300.0

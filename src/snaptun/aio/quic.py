@@ -13,7 +13,9 @@ It guards against the pitfalls measured in docs/DESIGN.md:
   open the congestion window); a full queue is an error for ``send`` and a
   wait for ``send_wait``;
 * a transmit error is treated as a lost connection;
-* neither side sends keep-alives by itself, so we ping every few seconds.
+* neither side sends keep-alives by itself, so we ping every few seconds;
+* qh3 follows a peer to a new address but never back to one it validated
+  before, so the connection steers its datagrams itself (:class:`_Redirect`).
 """
 
 from __future__ import annotations
@@ -229,6 +231,29 @@ class QuicStream:
         self._conn._transmit_soon()
 
 
+class _Redirect:
+    """The UDP transport as one connection sees it while qh3 sends to an address the peer left.
+
+    qh3 addresses its datagrams to its active path's peer (``stale``); those
+    go to ``current`` instead, an address qh3 validated earlier and the peer
+    came back to. Anything else (a PATH_CHALLENGE to a new address, which
+    must reach that address) passes untouched. One per move, not per packet.
+    """
+
+    __slots__ = ("current", "stale", "transport")
+
+    def __init__(self, transport: Any, stale: Any, current: Any) -> None:
+        self.transport = transport
+        self.stale = stale
+        self.current = current
+
+    def sendto(self, data: bytes, addr: Any = None) -> None:
+        self.transport.sendto(data, self.current if addr == self.stale else addr)
+
+    def sendto_many(self, datagrams: list[bytes], addr: Any = None) -> None:
+        self.transport.sendto_many(datagrams, self.current if addr == self.stale else addr)
+
+
 class QuicConnection(QuicConnectionProtocol):
     """A snaptun QUIC connection: streams, datagrams, close with code and reason."""
 
@@ -259,23 +284,112 @@ class QuicConnection(QuicConnectionProtocol):
         self._peer_cid_length = _MAX_CID_LENGTH
         self._peer_cid_known = False
         self._transmit_deferred = False
+        self._udp: Any = None
+        """The real UDP transport (``_transport`` may be a :class:`_Redirect` over it)."""
+        self._path: Any = None
+        """The peer address we send to, as the transport reports it; None until synced."""
+        self._qh3_path: Any = None
+        """The peer address of qh3's active path, the last time we looked."""
+        self._validated: set[Any] = set()
+        """Peer addresses qh3 made its active path (at most qh3's 4 paths)."""
 
     # ---- connection ------------------------------------------------------------
+
+    async def wait_connected(self) -> None:
+        """Wait for the TLS handshake to complete; ConnectionError if the connection ends first.
+
+        qh3's own version leaves its shielded future behind when the wait is
+        cancelled (a handshake timeout): qh3 later sets a ConnectionError on
+        it that nobody retrieves, and asyncio logs "Future exception was never
+        retrieved" for every failed attempt. Here a cancelled wait takes its
+        future back (still shielded: qh3 may resolve it before we resume).
+        """
+        if self._connected:
+            return
+        assert self._connected_waiter is None, "already awaiting connected"
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._connected_waiter = waiter
+        try:
+            await asyncio.shield(waiter)
+        finally:
+            if self._connected_waiter is waiter:
+                self._connected_waiter = None
+            if waiter.done() and not waiter.cancelled():
+                waiter.exception()  # seen here; a cancelled wait has no one else to tell
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._udp = transport
+        if self._path is not None:  # a new socket (rebind) while steering elsewhere
+            self._use_path(self._path)
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         packet = data if isinstance(data, bytes) else data.encode()
         if not self._peer_cid_known:
             self._learn_peer(packet, addr)
         self._last_heard = now = self._loop_time()
-        self._quic.receive_datagram(packet, addr, now=now)
+        if addr == self._path:
+            self._quic.receive_datagram(packet, addr, now=now)
+        else:
+            self._receive_off_path([packet], addr, now)
         self._after_receive()
 
     def datagrams_received(self, data: list[bytes], addr: Any) -> None:
         if not self._peer_cid_known and data:
             self._learn_peer(data[0], addr)
         self._last_heard = now = self._loop_time()
-        self._quic.receive_many_datagrams(data, addr, now=now)
+        if addr == self._path:
+            self._quic.receive_many_datagrams(data, addr, now=now)
+        else:
+            self._receive_off_path(data, addr, now)
         self._after_receive()
+
+    # ---- the peer's address ----------------------------------------------------------
+
+    def _receive_off_path(self, packets: list[bytes], addr: Any, now: float) -> None:
+        """Datagrams from an address we do not send to: follow the peer if it moved there.
+
+        qh3 2.1.0 keeps up to 4 paths per connection and switches its active
+        path only when a PATH_RESPONSE validates a *new* one: a datagram from
+        an address it validated before starts nothing, so a peer that returns
+        to an earlier address (a NAT rebinding back, a host back on its first
+        network) is answered at the address it left, until the connection
+        dies. RFC 9000 §9.3 lets an endpoint move to a validated address
+        without validating it again, so we do that ourselves: when a
+        datagram from an address qh3 once made active carries an
+        authenticated, new packet, we send to that address (see
+        :class:`_Redirect`). New addresses are still qh3's to validate (and
+        anti-amplification limited), and when qh3 moves on its own we follow.
+        """
+        quic = self._quic
+        core = quic._core
+        if core is None or not quic._handshake_complete:
+            quic.receive_many_datagrams(packets, addr, now)
+            return
+        # What qh3's receive_many_datagrams does after the handshake, keeping the
+        # core's report: (datagrams, bytes, new authenticated packets, ...).
+        report = quic._call_core(core.receive_many_datagrams, packets, addr, now)
+        quic._drain_core()
+        active = core.active_path[2]
+        if active != self._qh3_path:  # qh3 validated a new path and moved (or a first look)
+            self._qh3_path = active
+            self._validated.add(active)
+            self._use_path(active)
+        elif report[2] and addr in self._validated and addr != self._path:
+            self._use_path(addr)
+
+    def _use_path(self, addr: Any) -> None:
+        """Send to ``addr`` from now on, through a :class:`_Redirect` unless qh3 does already."""
+        moved = self._path is not None and addr != self._path
+        self._path = addr
+        udp = self._udp
+        if udp is not None:
+            sending: Any = udp if addr == self._qh3_path else _Redirect(udp, self._qh3_path, addr)
+            self._transport = sending
+            self._sendto_many = sending.sendto_many if hasattr(udp, "sendto_many") else None
+        if moved:
+            self.remote_address = (str(addr[0]), int(addr[1]))
+            log.debug("peer moved to %s", self.remote_address)
 
     def _after_receive(self) -> None:
         self._process_events()
@@ -314,6 +428,14 @@ class QuicConnection(QuicConnectionProtocol):
                 self._peer_cid_known = True
 
     @property
+    def local_address(self) -> tuple[str, int] | None:
+        """This end's UDP (host, port); None before the socket is known."""
+        if self._udp is None:
+            return None
+        sockname = self._udp.get_extra_info("sockname")
+        return (str(sockname[0]), int(sockname[1])) if sockname else None
+
+    @property
     def send_queue_depth(self) -> int:
         """Datagrams waiting in our send queue."""
         return len(self._datagrams_out)
@@ -346,6 +468,31 @@ class QuicConnection(QuicConnectionProtocol):
         self._quic.close(error_code=code, reason_phrase=reason)
         self._transmit_now()
         self._terminated(ConnectionLost(code, reason, by_peer=False))
+
+    async def rebind(self) -> None:
+        """Client: move to a fresh local UDP socket, as after a change of network.
+
+        The server sees the connection arrive from a new address and
+        validates it; a PING makes that happen now rather than at the next
+        packet. The old socket is closed.
+        """
+        if not self._quic._is_client:
+            raise RuntimeError("only a client connection can rebind")
+        self._check_open()
+        old = self._udp
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        try:  # like qh3's connect(): one dual-stack socket, IPv4 as mapped addresses
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(("::", 0, 0, 0))
+        except BaseException:
+            sock.close()
+            raise
+        await create_optimized_datagram_transport(self._loop, lambda: self, sock=sock)
+        if old is not None:
+            old.close()
+        self._ping_uid += 1
+        self._quic.send_ping(self._ping_uid)
+        self._transmit_now()
 
     async def wait_closed(self) -> ConnectionLost:  # type: ignore[override]
         """Wait until the connection ended; returns how."""
@@ -806,11 +953,6 @@ class QuicEndpoint:
                     await conn.wait_connected()
             except TimeoutError:
                 self.handshake_timeouts += 1
-                # qh3 fails its (shielded) handshake waiter when the connection ends;
-                # retrieve that, or asyncio logs "exception never retrieved" per timeout.
-                waiter = conn._connected_waiter
-                if waiter is not None:
-                    waiter.add_done_callback(_retrieve)
                 conn.close(0x1, "handshake timeout")  # frees it once qh3 ends the connection
                 return
             except ConnectionError:
@@ -831,12 +973,6 @@ class QuicEndpoint:
 
 
 _BACKGROUND: set[asyncio.Future[None]] = set()
-
-
-def _retrieve(future: asyncio.Future[None]) -> None:
-    """Mark a future's exception as seen (it is expected and of no interest)."""
-    if not future.cancelled():
-        future.exception()
 
 
 async def listen(
@@ -967,6 +1103,7 @@ async def connect(
             application=False,
         ) from None
     conn.remote_address = (host, port)
+    first_socket = conn._udp
     try:
         yield conn
     finally:
@@ -974,3 +1111,5 @@ async def connect(
             conn.close(0, "")
         with contextlib.suppress(Exception):
             await manager.__aexit__(None, None, None)
+        if conn._udp is not first_socket:  # qh3 closes only the socket it made
+            conn._udp.close()

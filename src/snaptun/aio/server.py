@@ -247,7 +247,9 @@ class Server(Generic[TokenT]):
                 raise AcceptSendError(exc) from exc
         if step.close is not None:
             conn.close(*_args(step.close))
-            raise UnexpectedControlRequest(f"setup request refused with HTTP {step.answer.status}")
+            raise UnexpectedControlRequest(
+                f"{step.close.reason} (HTTP {step.answer.status})", refusal=step.refusal
+            )
         return step.established
 
 

@@ -90,8 +90,12 @@ def fingerprint(text: str) -> str:
     return digest
 
 
-def add_trust_flags(parser: argparse.ArgumentParser, peer: str) -> None:
-    """--ca | --fingerprint | --insecure (exactly one): how to trust the ``peer``'s certificate."""
+def add_trust_flags(parser: argparse.ArgumentParser, peer: str, *, per_peer: bool = False) -> None:
+    """--ca | --fingerprint | --insecure (exactly one): how to trust the ``peer``'s certificate.
+
+    With ``per_peer``, --fingerprint may be repeated (a list: one for all peers,
+    or one per peer in the order of the peers).
+    """
     trust = parser.add_mutually_exclusive_group(required=True)
     trust.add_argument(
         "--ca", type=Path, metavar="PEM", help=f"CA, or the {peer}'s self-signed certificate"
@@ -99,7 +103,9 @@ def add_trust_flags(parser: argparse.ArgumentParser, peer: str) -> None:
     trust.add_argument(
         "--fingerprint",
         type=checked(fingerprint, "fingerprint"),
+        action="append" if per_peer else "store",
         metavar="SHA256",
-        help=f"SHA-256 fingerprint of the {peer} certificate",
+        help=f"SHA-256 fingerprint of the {peer} certificate"
+        + (f"; repeat it to give one per {peer}, in the same order" if per_peer else ""),
     )
     trust.add_argument("--insecure", action="store_true", help=f"do not verify the {peer}")

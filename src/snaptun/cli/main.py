@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import sys
 from collections.abc import Callable, Sequence
+from importlib import metadata
 from pathlib import Path
 
-from snaptun.cli import _connect, _serve, _status, _token
+from snaptun.cli import _connect, _ping, _serve, _status, _token
 from snaptun.cli._client import SEQ_BYTES, ClientOptions, run_echo_client
 from snaptun.cli._common import (
     add_trust_flags,
@@ -64,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="snaptun",
         description="SNAP tunnel (snaptun 0.1.0): gateway, client bridge, tokens, diagnostics.",
     )
+    parser.add_argument("--version", action="version", version=f"snaptun {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     server = commands.add_parser(
@@ -199,9 +202,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="QUIC handshake limit (5)",
     )
     _add_quic_flags(client)
-    for module in (_serve, _token, _connect, _status):
+    for module in (_serve, _token, _connect, _ping, _status):
         module.register(commands)
+    _own_usage(parser)
     return parser
+
+
+def _version() -> str:
+    try:
+        return metadata.version("snaptun")
+    except metadata.PackageNotFoundError:  # pragma: no cover - run from a bare source tree
+        return "unknown (not installed)"
+
+
+def _own_usage(parser: argparse.ArgumentParser) -> None:
+    """Let every (sub)command remember its parser, to report unknown flags with its usage.
+
+    argparse hands flags a subcommand does not know back to the top-level
+    parser, whose usage says nothing about that subcommand's flags.
+    """
+    parser.set_defaults(usage_parser=parser)
+    for action in parser._actions:  # argparse keeps its subparsers only here
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _own_usage(sub)
 
 
 def server_options(args: argparse.Namespace) -> ServerOptions:
@@ -254,11 +278,30 @@ def client_options(args: argparse.Namespace) -> ClientOptions:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``snaptun`` console script; returns the exit code."""
+    """Entry point of the ``snaptun`` console script; returns the exit code.
+
+    A closed stdout (``snaptun token issue | head -c1``) ends the command
+    quietly with exit code 1, as there is no one left to read its output.
+    """
+    try:
+        code = _main(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python would print a traceback, and again at exit when it flushes stdout.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        usage: argparse.ArgumentParser = getattr(args, "usage_parser", parser)
+        usage.error(f"unrecognized arguments: {' '.join(unknown)}")
     run: Callable[[argparse.Namespace], int] | None = getattr(args, "run", None)
-    if run is not None:  # subcommands that register themselves (serve, token, connect, status)
+    if run is not None:  # subcommands that register themselves (serve, token, ..., status)
         return run(args)
     setup_logging(args.verbose)
     if args.command == "echo-server":

@@ -1,4 +1,4 @@
-"""SCION addressing: ISD-AS numbers and end-host addresses (PROTOCOL.md §3)."""
+"""SCION addressing: ISD-AS numbers (``1-ff00:0:110``) and end-host addresses."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Address allocation: grants of SCION end-host addresses by token identity (PROTOCOL.md §6).
+"""Address allocation: grants of SCION end-host addresses by token identity.
 
 :class:`AddressAllocator` is what a server needs; :class:`AddressManager` is the
 in-memory implementation for one ISD-AS with IPv4 and/or IPv6 prefixes.

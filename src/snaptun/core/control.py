@@ -1,4 +1,4 @@
-"""HTTP/1.1-framed control requests and responses (PROTOCOL.md §2), sans-I/O.
+"""HTTP/1.1-framed control requests and responses (snap-tun 0.1.0's framing), sans-I/O.
 
 Nothing here touches sockets, asyncio or the clock: a :class:`RequestReader`
 (server side) or :class:`ResponseReader` (client side) is fed the bytes of one
@@ -9,7 +9,7 @@ Server side, the reference parses with Rust ``httparse`` 1.10 (16 header
 slots) into a 4096-byte buffer and re-parses the whole buffer after every
 read; a head that does not parse *yet* and a head that will never parse are
 treated alike: it keeps reading. :class:`RequestReader` reproduces that, with
-the fixes of PROTOCOL.md §2 (``Authorization`` matched in any case; an
+two fixes (``Authorization`` matched in any case; an
 assign_addresses request that reaches the limit is refused at once instead of
 spinning).
 

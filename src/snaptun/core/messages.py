@@ -1,4 +1,4 @@
-"""The proto3 control messages of PROTOCOL.md §3, with a typed API.
+"""The proto3 control messages of snap-tun 0.1.0, with a typed API.
 
 The wire format is built at import time from a ``FileDescriptorProto`` (no
 ``protoc``, no generated ``_pb2`` module) and handled by the ``protobuf``

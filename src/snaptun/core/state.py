@@ -183,14 +183,15 @@ _WRONG_REQUEST: Final = {
     ),
 }
 _REFUSED: Final = {
-    RequestKind.SESSION_RENEWAL: Close(
-        CloseCode.INVALID_REQUEST, "handling session renewal request"
-    ),
-    RequestKind.ADDRESS_ASSIGNMENT: Close(
-        CloseCode.INVALID_REQUEST, "handling address assignment request"
-    ),
+    RequestKind.SESSION_RENEWAL: "handling session renewal request",
+    RequestKind.ADDRESS_ASSIGNMENT: "handling address assignment request",
 }
-"""The reference's close reasons when a setup request is answered with an error."""
+"""The reference's close reasons when a setup request is answered with an error; ours
+add ``": "`` and the cause (the answer's body), e.g. ``handling session renewal
+request: token expired at 2026-01-01T00:00:00Z (1767225600)``, so that any client
+can show why. The code stays 1 (InvalidRequest), as in the reference."""
+MAX_CAUSE: Final = 200
+"""Characters of a refusal's cause kept in the close reason and the answer's body."""
 _NOT_STORED: Final = ControlAnswer(
     400, b"either requested address is unavailable, or no addresses are available"
 )
@@ -208,6 +209,9 @@ class Step:
     3. ``close``: close the connection (the setup failed).
 
     ``established`` says that the setup is complete once the answer is sent.
+    ``refusal`` names the cause of a refused request in a few words without
+    spaces (``TokenExpired``, ``UnknownKeyId``, ``AddressUnavailable``, ...), a
+    bounded set for metric labels.
     """
 
     store: GrantChange | None = None
@@ -215,6 +219,7 @@ class Step:
     close: Close | None = None
     close_if_unsent: Close | None = None
     established: bool = False
+    refusal: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,7 +342,8 @@ class TunnelStateMachine(Generic[TokenT]):
             raise RuntimeError("stored() without a grant waiting for its write")
         if not ok:
             self._allocator.revert(pending.change)
-            return self._finish(_NOT_STORED, RequestKind.ADDRESS_ASSIGNMENT, pending.setup)
+            kind = RequestKind.ADDRESS_ASSIGNMENT
+            return self._finish(_NOT_STORED, kind, pending.setup, "GrantNotStored")
         answer = self._commit(pending.claims, pending.allocation, pending.state)
         return self._finish(answer, RequestKind.ADDRESS_ASSIGNMENT, pending.setup)
 
@@ -357,23 +363,31 @@ class TunnelStateMachine(Generic[TokenT]):
         if self._pending is not None:
             raise RuntimeError("a grant is waiting for its write: call stored() first")
         if self.is_closed:
-            return self._finish(ControlAnswer(400, b"tunnel is closed"), request.kind, setup)
+            answer = ControlAnswer(400, b"tunnel is closed")
+            return self._finish(answer, request.kind, setup, "TunnelClosed")
         try:
             claims = self._validator.validate(now, request.token)
         except TokenValidationError as exc:
-            return self._finish(ControlAnswer(exc.status, b"unauthorized"), request.kind, setup)
+            answer = ControlAnswer(exc.status, _clip(str(exc) or "unauthorized").encode())
+            return self._finish(answer, request.kind, setup, type(exc).__name__)
         if self.claims is not None and claims.id() != self.claims.id():
             answer = ControlAnswer(401, b"token identity does not match the session")
-            return self._finish(answer, request.kind, setup)
+            return self._finish(answer, request.kind, setup, "IdentityMismatch")
         if request.kind is RequestKind.SESSION_RENEWAL:
             return self._finish(self._renew(claims), request.kind, setup)
         return self._assign(now, claims, request.requested, setup)
 
-    def _finish(self, answer: ControlAnswer, kind: RequestKind, setup: bool) -> Step:
+    def _finish(
+        self, answer: ControlAnswer, kind: RequestKind, setup: bool, refusal: str | None = None
+    ) -> Step:
+        if not answer.ok and refusal is None:
+            refusal = f"HTTP{answer.status}"
         if not setup:
-            return Step(answer=answer, close_if_unsent=_UNSENT)
+            return Step(answer=answer, close_if_unsent=_UNSENT, refusal=refusal)
         if not answer.ok:
-            return Step(answer=answer, close=_REFUSED[kind], close_if_unsent=_REFUSED[kind])
+            cause = _clip(answer.body.decode("utf-8", "replace"))
+            close = Close(CloseCode.INVALID_REQUEST, f"{_REFUSED[kind]}: {cause}")
+            return Step(answer=answer, close=close, close_if_unsent=close, refusal=refusal)
         return Step(
             answer=answer,
             close_if_unsent=_SETUP_UNSENT,
@@ -381,6 +395,7 @@ class TunnelStateMachine(Generic[TokenT]):
         )
 
     def _renew(self, claims: TokenT) -> ControlAnswer:
+        """The renewal's answer; a refusal here is a malformed expiry (HTTP 400)."""
         new = next_state(self.state, TunnelEvent.SESSION_RENEWED)
         expiry = claims.exp_time()
         # valid_until is a uint64: any claims type whose expiry does not fit is malformed,
@@ -401,14 +416,14 @@ class TunnelStateMachine(Generic[TokenT]):
         kind = RequestKind.ADDRESS_ASSIGNMENT
         if len(requested) > 1:
             answer = ControlAnswer(501, b"multiple address assignments are not supported")
-            return self._finish(answer, kind, setup)
+            return self._finish(answer, kind, setup, "MultipleAddresses")
         try:
             wanted = tuple(r.to_request() for r in requested) or _ANY_ADDRESS
         except InvalidAddressRange:
             answer = ControlAnswer(
                 400, b"a requested address assignment contained an invalid address range"
             )
-            return self._finish(answer, kind, setup)
+            return self._finish(answer, kind, setup, "InvalidAddressRange")
         try:
             new = next_state(self.state, TunnelEvent.ADDRESS_ASSIGNED)
         except InvalidTransition:
@@ -421,7 +436,7 @@ class TunnelStateMachine(Generic[TokenT]):
             except AddressAllocationError:
                 continue
         if granted is None:
-            return self._finish(_NOT_STORED, kind, setup)
+            return self._finish(_NOT_STORED, kind, setup, "AddressUnavailable")
         allocation, change = granted
         if change is not None:  # written before it is answered: see stored()
             self._pending = _Pending(change, claims, allocation, new, setup)
@@ -478,3 +493,8 @@ class TunnelStateMachine(Generic[TokenT]):
         self.allocation = allocation
         if changed:
             self.version += 1
+
+
+def _clip(text: str) -> str:
+    """``text`` cut to :data:`MAX_CAUSE` characters (a kid or aud may be long)."""
+    return text if len(text) <= MAX_CAUSE else text[: MAX_CAUSE - 1] + "…"

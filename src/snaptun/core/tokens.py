@@ -1,4 +1,4 @@
-"""Bearer tokens: claims, validators and minting (PROTOCOL.md §7); key files: snaptun.keyfiles.
+"""Bearer tokens: claims, key sets, validators and minting; key files: snaptun.keyfiles.
 
 A server is generic over its claims type: anything that satisfies :class:`Token`
 (an identity, an expiry and the names of its required claims). SNAP tokens are
@@ -8,52 +8,76 @@ Validation outcomes, each with the HTTP status the server answers (§4)::
 
     TokenValidationError
     ├── InvalidSignature   401  the signature verifies with none of the trusted keys
+    │   └── UnknownKeyId   401  the header's ``kid`` names no trusted key (and no
+    │                           key without a kid verifies the token)
     ├── MalformedToken     400  not a JWT, an algorithm other than EdDSA, missing or
-    │                           ill-typed required claims (``exp`` not an integer
-    │                           in [0, 2^64-1]; ``pssid`` not one of the four UUID
-    │                           forms), a base64url segment not in its one canonical
-    │                           spelling (padding, stray characters, non-zero
-    │                           trailing bits), or JSON the reference's serde_json
-    │                           would refuse (see below) or with a duplicate key
-    └── TokenExpired       401  now > exp
+    │   │                       ill-typed required claims (``exp`` not an integer
+    │   │                       in [0, 2^64-1]; ``pssid`` not one of the four UUID
+    │   │                       forms nor upstream's v1 form), an ill-typed ``nbf``,
+    │   │                       ``aud``, ``iss`` or ``ver``, a base64url segment not
+    │   │                       in its one canonical spelling (padding, stray
+    │   │                       characters, non-zero trailing bits), or JSON the
+    │   │                       reference's serde_json would refuse (see below) or
+    │   │                       with a duplicate key
+    │   ├── WrongAudience  400  ``aud`` does not name the gateway's audience
+    │   └── WrongIssuer    400  ``iss`` is not the configured issuer
+    ├── TokenExpired       401  now > exp
+    └── NotYetValid        401  now + leeway < nbf
 
 Order of the checks: the spelling of the three segments and the header's JSON
 (400), then the signature (401), and only then the payload's JSON and claims
-(400). As in the reference, a payload is parsed only once its signature
-verifies, so a tampered payload is 401 (one respelled in base64url is 400
-here, where the reference, decoding it only after the signature, says 401).
+(400), audience and issuer (400), expiry and not-before (401). As in the
+reference, a payload is parsed only once its signature verifies, so a tampered
+payload is 401 (one respelled in base64url is 400 here, where the reference,
+decoding it only after the signature, says 401).
+
+Keys (:class:`KeySet`): a token whose header has a ``kid`` is verified with the
+keys of that kid, or, when no key has it, with the keys that have no kid (PEM
+keys); a token without ``kid`` is tried against every key. A JWK Set
+(:func:`parse_jwks`) gives keys with kids.
+
+Claims (:class:`ClaimsPolicy`): ``aud`` (a string or a list of strings) must
+name the configured audience, or without one :data:`DEFAULT_AUDIENCE` (upstream
+v1 tokens carry ``"aud": "snap"``); a token without ``aud`` is not restricted
+and is accepted. ``iss`` must equal the configured issuer when one is set.
+``nbf`` is honoured with a leeway (clock skew between issuer and gateway);
+``exp`` has none (now > exp is expired). ``iat``, ``sub`` and ``jti`` are
+ignored whatever their value, as the reference does; ``ver`` must be 1 when
+present (upstream's v1 tokens).
 
 JSON is read as serde_json reads it, so that one token means one thing: UTF-8
 only (no BOM, no UTF-16), no ``NaN``/``Infinity``, no number beyond the range of
 a double, no lone surrogate, at most 127 nested levels, and ``-0`` is a float
 (so no integer claim accepts it). Unlike serde, which refuses duplicates only of
 the claims it knows, a duplicate key anywhere is refused. ``exp`` is kept exact
-(an ``int``, never a float), ``nbf``, ``iat``, ``iss``, ``sub`` and ``jti`` are
-ignored whatever their value (the reference checks none of them by default),
-and an ``aud`` claim is refused because no audience is configured.
+(an ``int``, never a float).
 
-Expiry is checked against the ``now`` given by the caller, never the wall clock.
-Nothing here does I/O; key files are read and written by :mod:`snaptun.keyfiles`.
+Time is the ``now`` given by the caller, never the wall clock. Nothing here
+does I/O; key files are read and written by :mod:`snaptun.keyfiles`, JWK Set
+files by the gateway (:mod:`snaptun.gateway.token_keys`).
 
 A :class:`JwtTokenValidator` remembers the claims of the last tokens it
 accepted (a bounded LRU keyed by the exact token string), because a tunnel's
 setup presents one token twice (renew, then assign): the second check costs a
 dictionary lookup instead of an Ed25519 verification. Only accepted tokens are
-kept, and expiry is checked against ``now`` on every call, so every refusal
-is what it would have been without the cache.
+kept, time-dependent checks (expiry, not-before) run against ``now`` on every
+call, and a new key set or claims policy empties it, so every refusal is what
+it would have been without the cache.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import datetime
+import hashlib
 import hmac
 import json
 import math
 import re
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Generic, Protocol, TypeVar, overload
 
@@ -63,27 +87,42 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from snaptun.errors import InvalidSignature, MalformedToken, TokenExpired
+from snaptun.errors import (
+    InvalidSignature,
+    MalformedToken,
+    NotYetValid,
+    TokenExpired,
+    UnknownKeyId,
+    WrongAudience,
+    WrongIssuer,
+)
 
 __all__ = [
+    "DEFAULT_AUDIENCE",
     "DEFAULT_CLAIMS_CACHE",
+    "DEFAULT_LEEWAY",
+    "ClaimsPolicy",
     "ClaimsType",
     "JwtTokenValidator",
+    "KeySet",
     "SnapTokenClaims",
     "StaticTokenValidator",
     "Token",
     "TokenT",
     "TokenT_co",
     "TokenValidator",
+    "TrustedKey",
+    "format_expiry",
     "generate_signing_key",
+    "jwk_of",
+    "jwks_document",
+    "key_thumbprint",
     "mint_token",
+    "parse_jwks",
 ]
 
 #: The only JWS algorithm accepted or produced (Ed25519 signatures).
 JWT_ALGORITHM: Final = "EdDSA"
-
-#: Accepted tokens whose claims a JwtTokenValidator remembers (about 0.5 KiB each).
-DEFAULT_CLAIMS_CACHE: Final = 256
 
 #: Largest value of a numeric claim: the protobuf's uint64 (``valid_until``).
 MAX_UINT64: Final = 2**64 - 1
@@ -95,6 +134,19 @@ _HYPHENATED = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9
 _UUID_FORMS: Final = re.compile(
     rf"[0-9a-fA-F]{{32}}|{_HYPHENATED}|\{{{_HYPHENATED}\}}|urn:uuid:{_HYPHENATED}"
 )
+
+# Upstream's v1 pssid: base64url (no padding) of 0x00 followed by the 16 UUID bytes.
+_V1_PSSID: Final = re.compile(r"[A-Za-z0-9_-]{23}")
+
+#: The audience a gateway answers to when none is configured: upstream's v1 tokens
+#: carry ``"aud": "snap"``.
+DEFAULT_AUDIENCE: Final = "snap"
+
+#: Accepted tokens whose claims a JwtTokenValidator remembers (about 0.5 KiB each).
+DEFAULT_CLAIMS_CACHE: Final = 256
+
+#: Seconds of clock skew allowed on ``nbf`` (not on ``exp``), as common JWT libraries do.
+DEFAULT_LEEWAY: Final = 60.0
 
 #: Deepest nesting of JSON arrays and objects accepted (serde_json's limit is 128 levels,
 #: the 128th refused).
@@ -194,10 +246,7 @@ class SnapTokenClaims:
             raise MalformedToken("token lacks the exp claim")
         if not isinstance(pssid, str):
             raise MalformedToken("pssid claim is not a string")
-        # uuid.UUID alone would also take "urn:{...}", stray hyphens and lone braces.
-        if not _UUID_FORMS.fullmatch(pssid):
-            raise MalformedToken("pssid claim is not a UUID")
-        identity = uuid.UUID(pssid)
+        identity = _pssid(pssid)
         # bool is an int in Python, but not in JSON; the reference reads exp as u64.
         if isinstance(exp, bool) or not isinstance(exp, int) or not 0 <= exp <= MAX_UINT64:
             raise MalformedToken("exp claim is not an integer from 0 to 2^64-1")
@@ -208,91 +257,353 @@ class SnapTokenClaims:
         return {"pssid": str(self.pssid), "exp": self.exp}
 
 
-class JwtTokenValidator(Generic[TokenT]):
-    """Validates EdDSA JWTs against one or more trusted Ed25519 public keys.
+def _pssid(text: str) -> uuid.UUID:
+    """A pssid in one of the four UUID forms, or upstream's v1 form (base64url of 0x00 + UUID).
 
-    Several keys support key rotation: a token is accepted if its signature
-    verifies with any of them. Only ``alg: EdDSA`` is accepted, so ``none``,
-    HMAC (including the classic trick of signing with the public key as the HMAC
-    secret) and RSA tokens are refused as malformed before any key is tried.
-    A token carrying an ``aud`` claim is refused as malformed, as the reference
-    validator does when no audience is configured.
+    The identity is the UUID either way, so one subscriber keeps one grant
+    whichever form its tokens use.
+    """
+    # uuid.UUID alone would also take "urn:{...}", stray hyphens and lone braces.
+    if _UUID_FORMS.fullmatch(text):
+        return uuid.UUID(text)
+    if _V1_PSSID.fullmatch(text):
+        raw = base64.urlsafe_b64decode(text + "=")
+        if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") == text and raw[0] == 0:
+            return uuid.UUID(bytes=raw[1:])
+    raise MalformedToken("pssid claim is not a UUID")
+
+
+def format_expiry(exp: float) -> str:
+    """``exp`` as UTC ISO 8601 with the number, e.g. ``2026-01-01T00:00:00Z (1767225600)``."""
+    try:
+        moment = datetime.datetime.fromtimestamp(exp, datetime.UTC)
+    except (OverflowError, OSError, ValueError):
+        return f"{exp:.0f}"
+    return f"{moment:%Y-%m-%dT%H:%M:%SZ} ({exp:.0f})"
+
+
+@dataclass(frozen=True, slots=True)
+class TrustedKey:
+    """A trusted Ed25519 public key, with its key id (``kid``) when it has one."""
+
+    key: Ed25519PublicKey
+    kid: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.key, Ed25519PublicKey):
+            raise TypeError(f"expected an Ed25519 public key, got {type(self.key).__name__}")
+        if self.kid is not None and (not isinstance(self.kid, str) or not self.kid):
+            raise ValueError("a kid must be a non-empty string")
+
+
+class KeySet:
+    """The keys a validator trusts, selected by the token's ``kid``; immutable.
+
+    Invariants: at least one key; no kid appears twice. A reload builds a new
+    set and swaps it in (:attr:`JwtTokenValidator.key_set`).
+    """
+
+    __slots__ = ("_by_kid", "_keys", "_unnamed")
+
+    def __init__(self, keys: Iterable[TrustedKey | Ed25519PublicKey]) -> None:
+        trusted = tuple(k if isinstance(k, TrustedKey) else TrustedKey(k) for k in keys)
+        if not trusted:
+            raise ValueError("a key set needs at least one key")
+        by_kid: dict[str, Ed25519PublicKey] = {}
+        for item in trusted:
+            if item.kid is not None:
+                if item.kid in by_kid:
+                    raise ValueError(f"key id {item.kid!r} appears twice")
+                by_kid[item.kid] = item.key
+        self._keys = trusted
+        self._by_kid = by_kid
+        self._unnamed = tuple(item.key for item in trusted if item.kid is None)
+
+    @property
+    def keys(self) -> tuple[TrustedKey, ...]:
+        """Every key, in the order given."""
+        return self._keys
+
+    @property
+    def kids(self) -> tuple[str, ...]:
+        """The key ids, in the order given."""
+        return tuple(self._by_kid)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def candidates(self, kid: str | None) -> tuple[Ed25519PublicKey, ...]:
+        """The keys to try for a token with this ``kid`` (None: no kid in its header)."""
+        if kid is None:
+            return tuple(item.key for item in self._keys)
+        named = self._by_kid.get(kid)
+        return (named,) if named is not None else self._unnamed
+
+    def knows(self, kid: str) -> bool:
+        """Whether a key has this kid."""
+        return kid in self._by_kid
+
+
+def key_thumbprint(key: Ed25519PublicKey) -> str:
+    """The RFC 7638 JWK thumbprint (SHA-256, base64url): a stable default ``kid``."""
+    members = {"crv": "Ed25519", "kty": "OKP", "x": _b64url(key.public_bytes_raw())}
+    canonical = json.dumps(members, separators=(",", ":"), sort_keys=True)
+    return _b64url(hashlib.sha256(canonical.encode("ascii")).digest())
+
+
+def jwk_of(key: Ed25519PublicKey, kid: str | None) -> dict[str, str]:
+    """The public JWK of ``key`` (``kty: OKP``, ``crv: Ed25519``) with its kid."""
+    jwk = {"kty": "OKP", "crv": "Ed25519", "x": _b64url(key.public_bytes_raw())}
+    if kid is not None:
+        jwk["kid"] = kid
+    jwk["use"] = "sig"
+    jwk["alg"] = JWT_ALGORITHM
+    return jwk
+
+
+def jwks_document(keys: Iterable[TrustedKey]) -> dict[str, object]:
+    """A JWK Set of public keys, as :func:`parse_jwks` reads it back."""
+    return {"keys": [jwk_of(item.key, item.kid) for item in keys]}
+
+
+def parse_jwks(data: bytes | str) -> KeySet:
+    """A JWK Set of Ed25519 public keys; ValueError saying what is wrong and where.
+
+    Every key must be ``kty: OKP`` with ``crv: Ed25519`` and a 32-byte ``x``;
+    a ``kid`` (optional) is a non-empty string, unique in the set; ``use``,
+    when present, is ``sig``; ``alg``, when present, is ``EdDSA``. A key with
+    a private part (``d``) is refused: the gateway needs only public keys.
+    """
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    try:
+        document = _json_object(raw, "JWK Set")
+    except MalformedToken as exc:
+        raise ValueError(str(exc).removeprefix("malformed token: ")) from None
+    keys = document.get("keys")
+    if not isinstance(keys, list) or not keys:
+        raise ValueError('a JWK Set needs a non-empty "keys" list')
+    trusted = [_parse_jwk(index, jwk) for index, jwk in enumerate(keys)]
+    try:
+        return KeySet(trusted)
+    except ValueError as exc:
+        raise ValueError(f"JWK Set: {exc}") from None
+
+
+def _parse_jwk(index: int, jwk: object) -> TrustedKey:
+    where = f"key {index}"
+    if not isinstance(jwk, dict):
+        raise ValueError(f"{where}: not a JSON object")  # noqa: TRY004 - content, not type
+    kid = jwk.get("kid")
+    if kid is not None:
+        if not isinstance(kid, str) or not kid:
+            raise ValueError(f"{where}: kid is not a non-empty string")
+        where = f"key {index} (kid {kid!r})"
+    if jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519":
+        found = f"kty {jwk.get('kty')!r}, crv {jwk.get('crv')!r}"
+        raise ValueError(f"{where}: not an Ed25519 key (kty OKP, crv Ed25519); found {found}")
+    if "d" in jwk:
+        raise ValueError(f"{where}: holds a private key (d); give the public key set only")
+    if jwk.get("use", "sig") != "sig":
+        raise ValueError(f"{where}: use is {jwk.get('use')!r}, not sig")
+    if jwk.get("alg", JWT_ALGORITHM) != JWT_ALGORITHM:
+        raise ValueError(f"{where}: alg is {jwk.get('alg')!r}, not {JWT_ALGORITHM}")
+    x = jwk.get("x")
+    if not isinstance(x, str) or not _SEGMENT.fullmatch(x):
+        raise ValueError(f"{where}: x is not base64url")
+    public = base64.urlsafe_b64decode(x + "=" * (-len(x) % 4))
+    if len(public) != 32 or _b64url(public) != x:
+        raise ValueError(f"{where}: x is not 32 bytes in canonical base64url")
+    return TrustedKey(Ed25519PublicKey.from_public_bytes(public), kid)
+
+
+def _b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimsPolicy:
+    """What a validator requires of the registered claims besides ``exp``.
+
+    ``issuer``: ``iss`` must equal it (None: ``iss`` is not checked).
+    ``audience``: ``aud`` must name it; None means :data:`DEFAULT_AUDIENCE`,
+    and then a token without ``aud`` is accepted too. ``leeway``: seconds a
+    token is accepted before its ``nbf``.
+    """
+
+    issuer: str | None = None
+    audience: str | None = None
+    leeway: float = DEFAULT_LEEWAY
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.leeway) or self.leeway < 0:
+            raise ValueError(f"leeway must be a number of seconds >= 0, not {self.leeway}")
+
+    def check_form(self, claims: Mapping[str, object]) -> None:
+        """The registered claims are of their types; MalformedToken otherwise."""
+        ver = claims.get("ver")
+        if ver is not None and (isinstance(ver, bool) or ver != 1):
+            raise MalformedToken(f"malformed token: unsupported token version {ver!r}")
+        nbf = claims.get("nbf")
+        if nbf is not None and not _is_uint64(nbf):
+            raise MalformedToken("malformed token: nbf claim is not an integer from 0 to 2^64-1")
+        aud = claims.get("aud")
+        if aud is not None and not (
+            isinstance(aud, str) or (isinstance(aud, list) and all(isinstance(a, str) for a in aud))
+        ):
+            raise MalformedToken("malformed token: aud claim is not a string or list of strings")
+        iss = claims.get("iss")
+        if self.issuer is not None and iss is not None and not isinstance(iss, str):
+            raise MalformedToken("malformed token: iss claim is not a string")
+
+    def check_scope(self, claims: Mapping[str, object]) -> None:
+        """Audience and issuer (after :meth:`check_form`): WrongAudience, WrongIssuer."""
+        aud = claims.get("aud")
+        wanted = self.audience if self.audience is not None else DEFAULT_AUDIENCE
+        if aud is None:
+            if self.audience is not None:
+                raise WrongAudience(f"token has no audience; {wanted!r} is required")
+        elif wanted not in ([aud] if isinstance(aud, str) else aud):  # type: ignore[operator]
+            raise WrongAudience(f"token is for audience {aud!r}, not {wanted!r}")
+        if self.issuer is not None:
+            iss = claims.get("iss")
+            if iss is None:
+                raise WrongIssuer(f"token has no issuer; {self.issuer!r} is required")
+            if iss != self.issuer:
+                raise WrongIssuer(f"token is from issuer {iss!r}, not {self.issuer!r}")
+
+    def check_time(self, now: float, claims: Mapping[str, object]) -> None:
+        """``nbf`` (after :meth:`check_form`): NotYetValid while now + leeway < nbf."""
+        nbf = claims.get("nbf")
+        if isinstance(nbf, int) and now + self.leeway < nbf:
+            raise NotYetValid(f"token not valid before {format_expiry(nbf)}")
+
+
+def _is_uint64(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_UINT64
+
+
+class JwtTokenValidator(Generic[TokenT]):
+    """Validates EdDSA JWTs against a set of trusted Ed25519 public keys.
+
+    Several keys support key rotation: a token's ``kid`` selects its key, and
+    a token without one is accepted if its signature verifies with any key.
+    Only ``alg: EdDSA`` is accepted, so ``none``, HMAC (including the classic
+    trick of signing with the public key as the HMAC secret) and RSA tokens are
+    refused as malformed before any key is tried. Audience, issuer and
+    not-before follow ``policy`` (:class:`ClaimsPolicy`).
+
+    The key set can be replaced at any time (:attr:`key_set`): tokens are
+    validated against the set in place when they arrive; tunnels already set
+    up are not touched.
 
     The claims of the last ``cache_size`` accepted tokens are kept (LRU, keyed
     by the exact token string; 0 keeps none) and handed out again, the same
     object, so a claims type must be immutable to be cached. A cached token is
-    still checked for expiry against ``now`` every time; a refused token is
-    never kept, so it is checked in full again.
+    still checked for expiry and not-before against ``now`` every time; a
+    refused token is never kept; a new key set or policy empties the cache, so
+    a token signed by a key that was rotated out is refused at once.
     """
 
     @overload
     def __init__(
         self: JwtTokenValidator[SnapTokenClaims],
-        public_keys: Sequence[Ed25519PublicKey],
+        public_keys: Sequence[Ed25519PublicKey] | KeySet,
         *,
+        policy: ClaimsPolicy | None = None,
         cache_size: int = DEFAULT_CLAIMS_CACHE,
     ) -> None: ...
 
     @overload
     def __init__(
         self,
-        public_keys: Sequence[Ed25519PublicKey],
+        public_keys: Sequence[Ed25519PublicKey] | KeySet,
         claims_type: ClaimsType[TokenT],
         *,
+        policy: ClaimsPolicy | None = None,
         cache_size: int = DEFAULT_CLAIMS_CACHE,
     ) -> None: ...
 
     def __init__(
         self,
-        public_keys: Sequence[Ed25519PublicKey],
+        public_keys: Sequence[Ed25519PublicKey] | KeySet,
         claims_type: ClaimsType[TokenT] | None = None,
         *,
+        policy: ClaimsPolicy | None = None,
         cache_size: int = DEFAULT_CLAIMS_CACHE,
     ) -> None:
-        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
-            raise ValueError(f"cache_size must be a non-negative integer, not {cache_size!r}")
-        self._cache_size = cache_size
-        self._cache: OrderedDict[str, TokenT] = OrderedDict()
-        keys = tuple(public_keys)
-        if not keys:
-            raise ValueError("JwtTokenValidator needs at least one public key")
-        for key in keys:
-            if not isinstance(key, Ed25519PublicKey):
-                raise TypeError(f"expected an Ed25519 public key, got {type(key).__name__}")
-        self._keys = keys
+        if isinstance(public_keys, KeySet):
+            self._key_set = public_keys
+        else:
+            keys = tuple(public_keys)
+            if not keys:
+                raise ValueError("JwtTokenValidator needs at least one public key")
+            self._key_set = KeySet(keys)
         # Without a claims_type the overloads bind TokenT to SnapTokenClaims.
         self._claims_type: ClaimsType[TokenT] = (
             claims_type if claims_type is not None else SnapTokenClaims  # type: ignore[assignment]
         )
         self._required = list(self._claims_type.required_claims())
+        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
+            raise ValueError(f"cache_size must be a non-negative integer, not {cache_size!r}")
+        self._cache_size = cache_size
+        self._cache: OrderedDict[str, tuple[TokenT, dict[str, object]]] = OrderedDict()
+        self._policy = policy if policy is not None else ClaimsPolicy()
+
+    @property
+    def policy(self) -> ClaimsPolicy:
+        """Audience, issuer and not-before rules; assigning new ones empties the cache."""
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: ClaimsPolicy) -> None:
+        self._policy = policy
+        self._cache.clear()
 
     @property
     def public_keys(self) -> tuple[Ed25519PublicKey, ...]:
         """The trusted keys, in the order they are tried."""
-        return self._keys
+        return tuple(item.key for item in self._key_set.keys)
+
+    @property
+    def key_set(self) -> KeySet:
+        """The trusted keys; assign a new :class:`KeySet` to rotate them."""
+        return self._key_set
+
+    @key_set.setter
+    def key_set(self, keys: KeySet) -> None:
+        if not isinstance(keys, KeySet):
+            raise TypeError(f"expected a KeySet, got {type(keys).__name__}")
+        self._key_set = keys
+        self._cache.clear()  # a token of a key rotated out must not live on here
 
     def validate(self, now: float, token: str) -> TokenT:
-        """Verify the signature, decode the claims and check expiry against ``now``."""
+        """Verify the signature, decode the claims and check them against ``now``."""
         cache = self._cache
-        claims = cache.get(token)
-        if claims is None:
-            claims = self._claims_type.from_claims(self._verified_payload(token))
-            if now > claims.exp_time():
-                raise TokenExpired(f"token expired at {claims.exp_time():.0f}")
-            if self._cache_size:
-                cache[token] = claims
-                if len(cache) > self._cache_size:
-                    cache.popitem(last=False)
-            return claims
+        cached = cache.get(token)
+        if cached is None:
+            payload = self._verified_payload(token)
+            claims = self._claims_type.from_claims(payload)
+            self._policy.check_scope(payload)
+        else:
+            claims, payload = cached
         if now > claims.exp_time():
-            raise TokenExpired(f"token expired at {claims.exp_time():.0f}")
-        cache.move_to_end(token)
+            raise TokenExpired(f"token expired at {format_expiry(claims.exp_time())}")
+        self._policy.check_time(now, payload)
+        if cached is not None:
+            cache.move_to_end(token)
+        elif self._cache_size:
+            cache[token] = (claims, payload)
+            if len(cache) > self._cache_size:
+                cache.popitem(last=False)
         return claims
 
     def _verified_payload(self, token: str) -> dict[str, object]:
         header, payload, _ = _segments(token)
-        _json_object(header, "header")
-        for key in self._keys:
+        kid = _json_object(header, "header").get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise MalformedToken("malformed token: kid header is not a string")
+        key_set = self._key_set
+        for key in key_set.candidates(kid):
             try:
                 # PyJWT checks the header (alg, kid, crit) and the signature; it does not
                 # parse the payload, which is ours to read strictly once it is authentic.
@@ -302,14 +613,15 @@ class JwtTokenValidator(Generic[TokenT]):
             except jwt.PyJWTError as exc:
                 raise MalformedToken(f"malformed token: {exc}") from None
             return self._checked_claims(_json_object(payload, "payload"))
+        if kid is not None and not key_set.knows(kid):
+            raise UnknownKeyId(f"unknown key id {json.dumps(kid)}")
         raise InvalidSignature("token signature does not verify with any trusted key")
 
     def _checked_claims(self, claims: dict[str, object]) -> dict[str, object]:
-        if claims.get("aud") is not None:  # also "" and []: the reference refuses those too
-            raise MalformedToken("malformed token: an aud claim, and no audience is configured")
         for name in self._required:
             if claims.get(name) is None:
                 raise MalformedToken(f"malformed token: it lacks the {name} claim")
+        self.policy.check_form(claims)
         return claims
 
 
@@ -434,9 +746,20 @@ class StaticTokenValidator:
         return SnapTokenClaims(self._identity, min(int(now) + self._validity, MAX_UINT64))
 
 
-def mint_token(private_key: Ed25519PrivateKey, claims: SnapTokenClaims) -> str:
-    """Sign ``claims`` as an EdDSA JWT."""
-    return jwt.encode(claims.to_claims(), private_key, algorithm=JWT_ALGORITHM)
+def mint_token(
+    private_key: Ed25519PrivateKey,
+    claims: SnapTokenClaims,
+    *,
+    kid: str | None = None,
+    extra: Mapping[str, object] | None = None,
+) -> str:
+    """Sign ``claims`` (and ``extra`` claims, e.g. ``aud``, ``iss``, ``nbf``) as an EdDSA JWT.
+
+    ``kid`` goes into the header, for a gateway that selects keys by it.
+    """
+    payload = {**(extra or {}), **claims.to_claims()}
+    headers = {"kid": kid} if kid is not None else None
+    return jwt.encode(payload, private_key, algorithm=JWT_ALGORITHM, headers=headers)
 
 
 def generate_signing_key() -> Ed25519PrivateKey:

@@ -85,6 +85,10 @@ class GatewayConfig:
     cert: Path | None = None  # None: generated in the state directory
     key: Path | None = None
     token_keys: tuple[Path, ...] = ()  # Ed25519 public PEMs; empty: the state dir's dev key
+    token_jwks: tuple[Path, ...] = ()  # JWK Sets of Ed25519 keys (kid), reloaded on change
+    token_issuer: str | None = None  # iss a token must carry; None: not checked
+    token_audience: str | None = None  # aud a token must name; None: not another's ("snap")
+    token_leeway: float = 60.0  # seconds a token is accepted before its nbf
     isd_as: IsdAs = DEFAULT_ISD_AS
     pools: tuple[IPNetwork, ...] = (
         ipaddress.IPv4Network("10.0.0.0/24"),
@@ -110,8 +114,8 @@ class GatewayConfig:
     source_burst: int = 50  # new connections a source may open at once
     handshake_timeout: float = 5.0  # seconds a QUIC handshake may take
     retry: str = "auto"  # QUIC Retry: auto (near the half-open bound), always, never
-    scmp_rate: float = 10.0  # SCMP error answers per second per tunnel
-    scmp_burst: int = 20  # SCMP error answers a tunnel may get at once
+    scmp_rate: float = 10.0  # SCMP answers (errors, echo replies) per second per tunnel
+    scmp_burst: int = 20  # SCMP answers a tunnel may get at once
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -133,6 +137,8 @@ def _problems(config: GatewayConfig) -> Iterator[tuple[str, str]]:
         yield "key", "given without cert"
     if config.isd_as.is_wildcard:
         yield "isd_as", f"{config.isd_as} is a wildcard"
+    if not math.isfinite(config.token_leeway) or not 0 <= config.token_leeway <= 3600:
+        yield "token_leeway", f"{config.token_leeway} is not a number of seconds in 0..3600"
     if not math.isfinite(config.hold) or config.hold < 0:
         yield "hold", f"{config.hold} is not a number of seconds >= 0"
     for key, value, low, high in (
@@ -235,6 +241,10 @@ def _int(value: object, base: Path) -> int:
     return int(value)
 
 
+def _word(value: object, base: Path) -> str:
+    return _text(value)
+
+
 def _lowercase_word(value: object, base: Path) -> str:
     return _text(value).lower()
 
@@ -268,6 +278,32 @@ _OPTIONS: Final = (
         "Ed25519 public key of a token issuer (repeatable; default: the state dir's dev key)",
         _path,
         many=True,
+    ),
+    _Option(
+        "token_jwks",
+        "--token-jwks",
+        "FILE",
+        "JWK Set of Ed25519 token keys, selected by kid; re-read on SIGHUP and on change "
+        "(repeatable; combinable with --token-key)",
+        _path,
+        many=True,
+    ),
+    _Option(
+        "token_issuer", "--token-issuer", "ISS", "iss a token must carry (default: any)", _word
+    ),
+    _Option(
+        "token_audience",
+        "--token-audience",
+        "AUD",
+        "aud a token must name (default: a token's aud, if any, must name 'snap')",
+        _word,
+    ),
+    _Option(
+        "token_leeway",
+        "--token-leeway",
+        "SECS",
+        "accept a token this long before its nbf, for clock skew (60)",
+        _float,
     ),
     _Option("isd_as", "--isd-as", "IA", "ISD-AS of assigned addresses (1-ff00:0:110)", _isd_as),
     _Option(
@@ -335,9 +371,13 @@ _OPTIONS: Final = (
         _float,
     ),
     _Option(
-        "scmp_rate", "--scmp-rate", "N", "SCMP error answers per second per tunnel (10)", _float
+        "scmp_rate",
+        "--scmp-rate",
+        "N",
+        "SCMP answers (errors, echo replies) per second per tunnel (10)",
+        _float,
     ),
-    _Option("scmp_burst", "--scmp-burst", "N", "SCMP error answers at once per tunnel (20)", _int),
+    _Option("scmp_burst", "--scmp-burst", "N", "SCMP answers at once per tunnel (20)", _int),
     _Option(
         "socket_buffer",
         "--socket-buffer",
@@ -498,12 +538,16 @@ def render_toml(config: GatewayConfig) -> str:
     document: dict[str, Any] = {}
     for item in dataclasses.fields(config):
         value = getattr(config, item.name)
-        if value is None and item.name in ("cert", "key"):
-            continue  # TOML has no null: absent means "generated in state_dir"
+        if value is None and item.name in ("cert", "key", "token_issuer", "token_audience"):
+            continue  # TOML has no null: absent means "generated" or "not checked"
         document[item.name] = _to_toml(item.name, value)
     header = "# snaptun serve: effective configuration\n"
     if config.cert is None:
         header += "# cert/key absent: a self-signed certificate is kept in state_dir\n"
+    if config.token_issuer is None:
+        header += "# token_issuer absent: a token's iss is not checked\n"
+    if config.token_audience is None:
+        header += '# token_audience absent: a token with aud must name "snap"\n'
     return header + tomli_w.dumps(document)
 
 

@@ -5,8 +5,11 @@
   otherwise it is dropped, counted by reason, and answered with an SCMP
   Parameter Problem, at most ``scmp_burst`` at once and ``scmp_rate`` per
   second per tunnel (suppressed answers are counted). A valid packet whose
-  destination is another tunnel's address is switched locally; everything
-  else goes to the border router over UDP.
+  destination is another tunnel's address is switched locally; an SCMP Echo
+  Request to the gateway's own address (``gateway_addresses`` in the tunnel's
+  ISD-AS) is answered with an Echo Reply over the reversed path, within the
+  same per-tunnel answer budget (``snaptun_gateway_scmp_echo_replies_total``);
+  everything else goes to the border router over UDP.
 * From the underlay: a packet goes into the tunnel whose address is its
   destination; unparsable packets and unknown destinations are dropped.
 
@@ -60,8 +63,10 @@ from snaptun.gateway.metrics import (
 )
 from snaptun.scion import (
     MAX_SCMP_ERROR_PACKET,
+    ScionDecodeError,
     build_parameter_problem,
     check_tunnel_packet,
+    echo_reply,
     may_answer_with_scmp_error,
 )
 from snaptun.scion.forwarding import (
@@ -79,6 +84,7 @@ log = logging.getLogger(__name__)
 
 _UNDERLAY = Verdict.UNDERLAY
 _DETACHED = Verdict.DETACHED
+_ECHO = Verdict.ECHO_REQUEST
 
 
 class TunnelPort(Route):
@@ -109,7 +115,7 @@ class TunnelPort(Route):
         self.gateway = gateway
         """The gateway's own address in the client's ISD-AS and IP family (SCMP source)."""
         self.scmp = scmp
-        """Bounds the SCMP error answers this tunnel can make the gateway build."""
+        """Bounds the SCMP answers (errors, echo replies) this tunnel can make the gateway build."""
         self.receiver: Receiver[Any] | None = None
         """Whose sink feeds this port, until :meth:`Dataplane.release`."""
         # Per-tunnel accounting: plain integers, bumped next to the global counters.
@@ -123,7 +129,7 @@ class TunnelPort(Route):
         self.drops = 0
         """Packets from this client, or for it, that were dropped (any reason)."""
         self.scmp_sent = 0
-        """SCMP error answers sent to this client."""
+        """SCMP answers (errors, echo replies) sent to this client."""
 
 
 class Dataplane:
@@ -150,7 +156,7 @@ class Dataplane:
         self._next_hop = next_hop
         self._underlay_limit = underlay_queue_bytes
         self._underlay_mode: Mode = underlay_mode
-        self._routes: RouteTable[TunnelPort] = RouteTable()
+        self._routes: RouteTable[TunnelPort] = RouteTable(self._gateway_addresses)
         self._udp: UdpSocket | None = None
         metrics.watch_queue("underlay", self.underlay_queue_bytes)
         metrics.watch_queue("tunnels", self.tunnel_queue_depth)
@@ -273,6 +279,8 @@ class Dataplane:
                 port.from_client_bytes += len(packet)
                 result.to_client_packets += 1
                 result.to_client_bytes += len(packet)
+        elif result is _ECHO:
+            self._echo(port, packet)
         else:
             self._metrics.drop(result.reason)
             port.drops += 1
@@ -338,6 +346,21 @@ class Dataplane:
             sent = self._counters.scmp_sent
             code = str(violation.code.value)
             sent[code] = sent.get(code, 0) + 1
+            port.scmp_sent += 1
+
+    def _echo(self, port: TunnelPort, request: bytes) -> None:
+        """Answer a ping of the gateway itself, back into the tunnel it came from."""
+        if not port.scmp.take(self._clock()):
+            self._counters.scmp_suppressed += 1
+            return
+        try:
+            reply = echo_reply(request)
+        except ScionDecodeError:
+            self._metrics.drop("invalid_scmp_echo")
+            port.drops += 1
+            return
+        if self._to_tunnel(port, reply):
+            self._counters.scmp_echo_replies += 1
             port.scmp_sent += 1
 
 

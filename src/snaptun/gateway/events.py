@@ -1,12 +1,14 @@
 """Structured tunnel-event logs: one JSON object per line, one line per event.
 
-Events are the tunnel's life (accepted, assigned, renewed, expired, closed,
-refused) and the gateway's (started, stopping); nothing is logged per packet.
-Each line carries ``ts`` (ISO 8601, UTC, milliseconds, ``Z``), ``event`` and the
-fields that apply, e.g.::
+Events are the tunnel's life (accepted, assigned, renewed, expired, replaced,
+closed, refused) and the gateway's (started, stopping, stopped); nothing is
+logged per packet. Each line carries ``ts`` (ISO 8601, UTC, milliseconds,
+``Z``), ``event`` and the fields that apply, e.g.::
 
-    {"ts":"2025-01-01T12:00:00.000Z","event":"assigned","remote":"[::1]:50123",
+    {"ts":"2025-01-01T12:00:00.000Z","event":"accepted","remote":"[::1]:50123",
      "identity":"3f2a...","address":"1-ff00:0:110,10.0.0.2"}
+
+Events have the severity INFO: a log level above it (``warning``) silences them.
 
 JSON escaping keeps every event on one line, whatever a peer put in a field.
 """
@@ -28,14 +30,17 @@ __all__ = ["Event", "EventLog"]
 class Event(StrEnum):
     """The event names the gateway emits (any string is accepted by :meth:`EventLog.emit`)."""
 
-    ACCEPTED = "accepted"  # a QUIC connection finished its tunnel setup
-    ASSIGNED = "assigned"  # addresses granted to a tunnel
+    ACCEPTED = "accepted"  # a QUIC connection finished its tunnel setup (with its address)
+    ASSIGNED = "assigned"  # a later request moved the tunnel to another address
     RENEWED = "renewed"  # session renewed with a fresh token
     EXPIRED = "expired"  # session ran out; the tunnel is closed
+    REPLACED = "replaced"  # a newer tunnel of the same identity took the address over
     CLOSED = "closed"  # tunnel ended (close code, reason)
     REFUSED = "refused"  # setup refused (reason, close code)
-    GATEWAY_STARTED = "gateway_started"
-    GATEWAY_STOPPING = "gateway_stopping"
+    STARTED = "started"  # the gateway listens
+    STOPPING = "stopping"  # the gateway was asked to stop
+    STOPPED = "stopped"  # the gateway has shut down
+    KEYS_RELOADED = "keys_reloaded"  # the token key files were read again (SIGHUP or a change)
 
 
 def _utcnow() -> datetime:
@@ -56,6 +61,8 @@ def _json_safe(value: object) -> object:
 class EventLog:
     """Writes events to ``stream`` and/or ``logger`` (INFO); with neither, to stderr.
 
+    ``level`` is the least severity written to ``stream``: above INFO (e.g.
+    ``logging.WARNING``) no event is written there; the logger filters by its own level.
     A failing stream (closed, broken pipe) never raises into the gateway; the
     lost lines are counted in :attr:`write_errors`.
     """
@@ -66,8 +73,11 @@ class EventLog:
         logger: logging.Logger | None = None,
         *,
         clock: Callable[[], datetime] = _utcnow,
+        level: int = logging.INFO,
     ) -> None:
         self._stream = stream if stream is not None or logger is not None else sys.stderr
+        if level > logging.INFO:
+            self._stream = None
         self._logger = logger
         self._clock = clock
         self.write_errors = 0

@@ -8,7 +8,7 @@ than the forwarding decision itself. The rest are ordinary prometheus metrics.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -29,7 +29,7 @@ class ForwardingCounters:
     a labelled prometheus counter shows only the series it was asked for.
     """
 
-    __slots__ = ("bytes", "drops", "packets", "scmp_sent", "scmp_suppressed")
+    __slots__ = ("bytes", "drops", "packets", "scmp_echo_replies", "scmp_sent", "scmp_suppressed")
 
     def __init__(self) -> None:
         self.packets = [0] * len(DIRECTIONS)
@@ -37,6 +37,7 @@ class ForwardingCounters:
         self.drops: dict[str, int] = {}
         self.scmp_sent: dict[str, int] = {}
         self.scmp_suppressed = 0
+        self.scmp_echo_replies = 0
 
 
 class GatewayMetrics:
@@ -76,6 +77,12 @@ class GatewayMetrics:
             "Tunnels closed with code 5 because serving them raised something unexpected.",
             registry=reg,
         )
+        self.key_reloads = Counter(
+            "snaptun_gateway_token_key_reloads",
+            "Reloads of the token key files (SIGHUP or a change), by result (ok/failed).",
+            ["result"],
+            registry=reg,
+        )
         self.forwarding = ForwardingCounters()
         """The data plane's per-packet counters (plain integers, exported at scrape time)."""
         reg.register(_ForwardingCollector(self.forwarding))
@@ -97,9 +104,15 @@ class GatewayMetrics:
         drops = self.forwarding.drops
         drops[reason] = drops.get(reason, 0) + 1
 
-    def watch_free_addresses(self, free_count: Callable[[int], int]) -> None:
-        """Read the allocator's free count at scrape time."""
-        for version in (4, 6):
+    def watch_free_addresses(
+        self, free_count: Callable[[int], int], versions: Iterable[int] = (4, 6)
+    ) -> None:
+        """Read the allocator's free count at scrape time, for the IP versions that have a pool.
+
+        A version without a pool exports no series, so that "no address left"
+        (0) always means a pool ran out.
+        """
+        for version in versions:
             self.free_addresses.labels(str(version)).set_function(_reader(free_count, version))
 
     def watch_admission(
@@ -147,8 +160,13 @@ class _ForwardingCollector(Collector):
         )
         yield CounterMetricFamily(
             "snaptun_gateway_scmp_suppressed",
-            "SCMP error answers not sent because the tunnel's answer rate was exceeded.",
+            "SCMP answers not sent because the tunnel's answer rate was exceeded.",
             value=counters.scmp_suppressed,
+        )
+        yield CounterMetricFamily(
+            "snaptun_gateway_scmp_echo_replies",
+            "SCMP Echo Replies the gateway sent to pings of its own address.",
+            value=counters.scmp_echo_replies,
         )
 
 

@@ -9,7 +9,9 @@ reason, put every grant on hold, flush the store.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import random
 import time
 from collections.abc import Callable
@@ -29,13 +31,14 @@ from snaptun.constants import (
 )
 from snaptun.core.admission import AdmissionSettings
 from snaptun.core.allocator import AddressManager
-from snaptun.core.tokens import JwtTokenValidator
+from snaptun.core.tokens import ClaimsPolicy, JwtTokenValidator
 from snaptun.errors import (
     AcceptError,
     AcceptInternalError,
     ControlError,
     SessionExpired,
     TunnelReplaced,
+    UnexpectedControlRequest,
 )
 from snaptun.gateway.admin import (
     TunnelStatus,
@@ -48,6 +51,7 @@ from snaptun.gateway.admin import (
     write_admin_file,
     write_secret,
 )
+from snaptun.gateway.bind import bound
 from snaptun.gateway.config import GatewayConfig
 from snaptun.gateway.dataplane import Dataplane, TunnelPort
 from snaptun.gateway.events import EventLog
@@ -64,8 +68,10 @@ from snaptun.gateway.state_dir import (
     lock_state_dir,
 )
 from snaptun.gateway.store import GrantStoreError, PersistentAllocator
+from snaptun.gateway.token_keys import POLL_INTERVAL, TokenKeys
+from snaptun.netaddr import format_socket_address
 
-__all__ = ["SHUTDOWN_CLOSE_CODE", "Gateway"]
+__all__ = ["CONNECT_FILE", "SHUTDOWN_CLOSE_CODE", "Gateway", "StartReport", "connect_address"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +92,8 @@ class _Live:
     """None until the setup finished."""
     task: asyncio.Task[None]
     remote: str = "?"
+    """The client's address at accept; ``where()`` tells where it is now (roaming)."""
+    where: Callable[[], str] | None = None
     identity: str = ""
     since: float = 0.0
     control: Control[Any] | None = None
@@ -100,7 +108,7 @@ class _Live:
         return TunnelStatus(
             pssid=self.identity,
             address=str(port.address),
-            remote=self.remote,
+            remote=self.where() if self.where is not None else self.remote,
             since=iso_time(self.since) or "",
             session_expiry=iso_time(control.machine.session_expiry),
             **_counters(port),
@@ -132,6 +140,23 @@ class StartReport:
     admin: str | None
     cert: Path
     token_keys: list[Path] = field(default_factory=list)
+    dev_key: bool = False
+    """Whether tokens are checked against the state directory's dev key (no operator keys)."""
+
+
+CONNECT_FILE: Final = "connect.json"
+"""In the state directory: where clients on this host reach the gateway, for
+``snaptun token issue --connect`` (written at every start)."""
+
+
+def connect_address(listen: tuple[str, int]) -> tuple[str, int]:
+    """The address a client on this host dials: the listen address, loopback for a wildcard."""
+    host, port = listen[0], listen[1]
+    if host in ("0.0.0.0", ""):  # noqa: S104 - recognising the wildcard, not binding it
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return host, port
 
 
 class Gateway:
@@ -151,6 +176,10 @@ class Gateway:
         self._live: dict[int, _Live] = {}
         self._accepting: asyncio.Task[None] | None = None
         self._sweeping: asyncio.Task[None] | None = None
+        self._watching: asyncio.Task[None] | None = None
+        self.token_keys: TokenKeys
+        """The token key files and the validator they feed (set by :meth:`start`)."""
+        self.key_poll_interval = POLL_INTERVAL
         self._endpoint: QuicEndpoint | None = None
         self._http: HttpServer | None = None
         self._allocator: PersistentAllocator | None = None
@@ -168,14 +197,24 @@ class Gateway:
         self._lock = lock_state_dir(cfg.state_dir)
         try:
             files, created = ensure_state(
-                cfg.state_dir, certificate=cfg.cert is None, dev_key=not cfg.token_keys
+                cfg.state_dir,
+                certificate=cfg.cert is None,
+                dev_key=not (cfg.token_keys or cfg.token_jwks),
             )
             cert = cfg.cert or files.cert
             key = cfg.key or files.key
             check_tls_files(Path(cert), Path(key), generated=cfg.cert is None)
-            key_paths = list(cfg.token_keys) or [files.signing_public_key]
-            dev = None if cfg.token_keys else files
-            validator = JwtTokenValidator(load_token_keys(key_paths, dev=dev))
+            operator_keys = bool(cfg.token_keys or cfg.token_jwks)
+            dev_paths = [] if operator_keys else [files.signing_public_key]
+            key_paths = list(cfg.token_keys) or dev_paths
+            policy = ClaimsPolicy(cfg.token_issuer, cfg.token_audience, cfg.token_leeway)
+            if operator_keys:
+                load_token_keys(key_paths, dev=None)  # PEM problems named with their remedy
+                self.token_keys = TokenKeys.open(key_paths, cfg.token_jwks, policy)
+            else:  # the dev key: checked against its private half (a clear error if damaged)
+                dev_keys = load_token_keys(key_paths, dev=files)
+                validator = JwtTokenValidator(dev_keys, policy=policy)
+                self.token_keys = TokenKeys(validator, key_paths, ())
             manager = AddressManager(
                 cfg.isd_as,
                 cfg.pools,
@@ -194,12 +233,14 @@ class Gateway:
             self._lock.release()  # bad state: the directory is free again for a fixed start
             self._lock = None
             raise
-        self.metrics.watch_free_addresses(self._allocator.free_count)
+        self.metrics.watch_free_addresses(
+            self._allocator.free_count, sorted({pool.version for pool in cfg.pools})
+        )
         # Grants are written by the writer before they are answered (the core returns them).
         writer = GrantWriter(self._allocator)
         self._server: Server[Any] = Server(
             self._allocator.manager,
-            validator,
+            self.token_keys.validator,
             self.metrics.library,
             clock=self._clock,
             store=writer,
@@ -213,7 +254,9 @@ class Gateway:
             scmp_rate=cfg.scmp_rate,
             scmp_burst=cfg.scmp_burst,
         )
-        underlay = await self._dataplane.open_underlay(cfg.underlay_bind)
+        underlay = await bound(
+            "underlay_bind", cfg.underlay_bind, self._dataplane.open_underlay(cfg.underlay_bind)
+        )
         settings = QuicSettings(
             udp_payload_size=cfg.mtu, send_queue=cfg.tunnel_queue, socket_buffer=cfg.socket_buffer
         )
@@ -223,14 +266,18 @@ class Gateway:
             source_burst=cfg.source_burst,
             retry=cfg.retry,  # type: ignore[arg-type]  # checked by GatewayConfig
         )
-        self._endpoint = await listen(
-            cfg.listen[0],
-            cfg.listen[1],
-            cert_file=cert,
-            key_file=key,
-            settings=settings,
-            admission=admission,
-            handshake_timeout=cfg.handshake_timeout,
+        self._endpoint = await bound(
+            "listen",
+            cfg.listen,
+            listen(
+                cfg.listen[0],
+                cfg.listen[1],
+                cert_file=cert,
+                key_file=key,
+                settings=settings,
+                admission=admission,
+                handshake_timeout=cfg.handshake_timeout,
+            ),
         )
         endpoint = self._endpoint
         self.metrics.watch_admission(
@@ -238,26 +285,10 @@ class Gateway:
             lambda: endpoint.gate.half_open,
             lambda: endpoint.handshake_timeouts,
         )
-        metrics_at = admin_at = None
-        if cfg.metrics is not None:
-            secret = write_secret(files.root)  # fresh, before serving
-            self._http = await HttpServer.start(
-                cfg.metrics[0],
-                cfg.metrics[1],
-                {
-                    "/metrics": metrics_route(self.metrics.registry),
-                    "/healthz": self._health,
-                    "/admin/tunnels": tunnels_route(self.tunnels),
-                    "/": page_route(),
-                },
-                actions={"/admin/kick": kick_action(self.kick, secret)},
-            )
-            metrics_at = self._http.address
-            admin_at = admin_url(*metrics_at)
-            write_admin_file(files.root, admin_at)
-            self._admin_root = files.root
+        metrics_at, admin_at = await self._start_http(files.root)
         self._accepting = asyncio.ensure_future(self._accept_loop(self._endpoint))
         self._sweeping = asyncio.ensure_future(self._sweep_loop(writer))
+        self._watching = asyncio.ensure_future(self._watch_keys())
         report = StartReport(
             state=files,
             created=created,
@@ -267,8 +298,10 @@ class Gateway:
             fingerprint=fingerprint_of(Path(cert).read_bytes()),  # noqa: ASYNC240 - start-up only
             admin=admin_at,
             cert=Path(cert),
-            token_keys=key_paths,
+            token_keys=[*key_paths, *cfg.token_jwks],
+            dev_key=not operator_keys,
         )
+        _write_connect_file(files.root / CONNECT_FILE, report)
         self.events.emit(
             "started",
             listen=_fmt(report.listen),
@@ -281,11 +314,63 @@ class Gateway:
         )
         return report
 
+    async def _start_http(self, root: Path) -> tuple[tuple[str, int] | None, str | None]:
+        """Serve /metrics, /healthz and the admin endpoint; write where in ``root``.
+
+        Returns the bound address and the admin URL (None, None: ``metrics`` is off).
+        """
+        where = self.config.metrics
+        if where is None:
+            return None, None
+        secret = write_secret(root)  # fresh, before serving
+        self._http = await bound(
+            "metrics",
+            where,
+            HttpServer.start(
+                where[0],
+                where[1],
+                {
+                    "/metrics": metrics_route(self.metrics.registry),
+                    "/healthz": self._health,
+                    "/admin/tunnels": tunnels_route(self.tunnels),
+                    "/": page_route(),
+                },
+                actions={"/admin/kick": kick_action(self.kick, secret)},
+            ),
+        )
+        self._admin_root = root
+        metrics_at = self._http.address
+        admin_at = admin_url(*metrics_at)
+        write_admin_file(root, admin_at)
+        return metrics_at, admin_at
+
+    async def _close_http(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+        if self._admin_root is not None:
+            remove_admin_files(self._admin_root)
+
     async def _sweep_loop(self, writer: GrantWriter) -> None:
         """Delete ended holds from the store now and then (the allocator frees them lazily)."""
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             writer.sweep()
+
+    async def _watch_keys(self) -> None:
+        """Reload the token keys when one of their files changes."""
+        while True:
+            await asyncio.sleep(self.key_poll_interval)
+            if self.token_keys.changed():
+                self.reload_token_keys("file changed")
+
+    def reload_token_keys(self, why: str = "SIGHUP") -> bool:
+        """Re-read the token key files now; a bad file keeps the old keys (logged once)."""
+        ok = self.token_keys.reload(why)
+        self.metrics.key_reloads.labels("ok" if ok else "failed").inc()
+        keys = self.token_keys.validator.key_set
+        if ok:
+            self.events.emit("keys_reloaded", why=why, keys=len(keys), kids=",".join(keys.kids))
+        return ok
 
     def _health(self) -> tuple[int, str, bytes]:
         ok = self._accepting is not None and not self._accepting.done()
@@ -374,18 +459,19 @@ class Gateway:
             me.sender = sender
         identity = control.machine.identity()
         address = sender.assigned_addresses[0]
+
+        def here() -> str:
+            """The client's address now: a roaming client's changes (NAT rebinding)."""
+            return _fmt(conn.remote_address) if conn.remote_address else remote
+
         self.metrics.setups.labels("accepted", "").inc()
         self.metrics.active_tunnels.inc()
-        self.events.emit("accepted", remote=remote, identity=identity, address=str(address))
+        self.events.emit("accepted", remote=here(), identity=identity, address=str(address))
         # From here the tunnel's packets reach the data plane through the receiver's sink.
         port = self._dataplane.attach(sender, control, receiver)
         if me is not None:
-            me.identity, me.since, me.control, me.port = (
-                identity or "",
-                self._clock(),
-                control,
-                port,
-            )
+            me.identity, me.since, me.where = identity or "", self._clock(), here
+            me.control, me.port = control, port
         # Newest wins: the route goes the moment a newer tunnel takes the grant over.
         control.machine.on_replaced(lambda: self._dataplane_detach(port))
         state: dict[str, Any] = {"address": address}
@@ -395,10 +481,10 @@ class Gateway:
             current = machine.addresses()[0] if machine.allocation else address
             if current != state["address"]:
                 state["address"] = current
-                self.events.emit("assigned", remote=remote, identity=identity, address=str(current))
+                self.events.emit("assigned", remote=here(), identity=identity, address=str(current))
             else:
                 self.events.emit(
-                    "renewed", remote=remote, identity=identity, valid_until=machine.session_expiry
+                    "renewed", remote=here(), identity=identity, valid_until=machine.session_expiry
                 )
 
         control.on_change(changed)
@@ -407,7 +493,7 @@ class Gateway:
                 conn,
                 control,
                 lambda: {
-                    "remote": remote,
+                    "remote": here(),
                     "identity": identity,
                     "address": str(state["address"]),
                     **_counters(port),
@@ -452,6 +538,8 @@ class Gateway:
         cause = getattr(exc, "cause", None)
         if cause is not None:
             reason = f"{reason}:{type(cause).__name__}"
+        elif isinstance(exc, UnexpectedControlRequest) and exc.refusal is not None:
+            reason = f"{reason}:{exc.refusal}"  # e.g. UnexpectedControlRequest:TokenExpired
         self.metrics.setups.labels("refused", reason).inc()
         if isinstance(exc, AcceptInternalError):
             self.metrics.internal_errors.inc()
@@ -472,6 +560,8 @@ class Gateway:
             self._accepting.cancel()  # no new tunnels from here on
         if self._sweeping is not None:
             self._sweeping.cancel()
+        if self._watching is not None:
+            self._watching.cancel()
         tasks = []
         for live in list(self._live.values()):
             if live.sender is not None:
@@ -490,10 +580,7 @@ class Gateway:
             self._allocator.close()
         if self._dataplane is not None:
             self._dataplane.close()
-        if self._http is not None:
-            await self._http.close()
-        if self._admin_root is not None:
-            remove_admin_files(self._admin_root)
+        await self._close_http()
         if self._lock is not None:
             self._lock.release()  # last: the store is flushed and closed
         self.events.emit("stopped")
@@ -505,3 +592,22 @@ def _fmt(address: tuple[str, int] | None) -> str:
         return "-"
     host, port = address[0], address[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _write_connect_file(path: Path, report: StartReport) -> None:
+    """Where and how to reach this gateway (address, fingerprint, dev key), replaced atomically.
+
+    A failure is logged, not fatal: the file is a convenience for ``token issue --connect``.
+    """
+    host, port = connect_address(report.listen)
+    record = {
+        "address": format_socket_address(host, port),
+        "fingerprint": report.fingerprint,
+        "dev_key": report.dev_key,
+    }
+    temporary = path.with_suffix(".tmp")
+    try:
+        temporary.write_text(json.dumps(record) + "\n")
+        os.replace(temporary, path)
+    except OSError as exc:
+        log.warning("cannot write %s: %s", path, exc)

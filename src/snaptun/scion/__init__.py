@@ -1,4 +1,4 @@
-"""Sans-I/O SCION packet codec and the gateway's packet policy (PROTOCOL.md §10).
+"""Sans-I/O SCION packet codec and the gateway's packet policy (docs/GATEWAY.md).
 
 Pure functions over bytes, following draft-dekater-scion-dataplane (headers,
 paths, pseudo-header checksum) and draft-dekater-scion-controlplane (SCMP).
@@ -19,6 +19,7 @@ from snaptun.scion._address import (
     ServiceAddress,
 )
 from snaptun.scion._checksum import internet_checksum
+from snaptun.scion._echo import PLACEHOLDER_PATH, echo_reply, echo_request
 from snaptun.scion._errors import DecodePart, ScionDecodeError
 from snaptun.scion._packet import NextHeader, ScionPacket, decode, empty_path_packet, encode
 from snaptun.scion._path import (
@@ -59,6 +60,7 @@ from snaptun.scion._udp import UdpDatagram, decode_udp, encode_udp
 __all__ = [
     "EMPTY_PATH",
     "MAX_SCMP_ERROR_PACKET",
+    "PLACEHOLDER_PATH",
     "SVC_CS",
     "SVC_DS",
     "AddressHeader",
@@ -94,6 +96,8 @@ __all__ = [
     "decode",
     "decode_scmp",
     "decode_udp",
+    "echo_reply",
+    "echo_request",
     "empty_path_packet",
     "encode",
     "encode_scmp",

@@ -115,6 +115,28 @@ class StandardPath:
     def encoded_length(self) -> int:
         return META_LEN + INFO_LEN * len(self.info_fields) + HOP_LEN * len(self.hop_fields)
 
+    def reversed(self) -> StandardPath:
+        """The same path in the other direction, as a reply to a packet on it travels.
+
+        Segments and hop fields in reverse order, each info field's ConsDir flag
+        flipped, and CurrINF/CurrHF pointing at the same field from the other end.
+        Reversing twice gives the path back.
+        """
+        lens = [n for n in self.seg_lens if n]
+        lens.reverse()
+        lens += [0] * (MAX_SEGMENTS - len(lens))
+        infos = tuple(
+            InfoField(info.peering, not info.cons_dir, info.acc, info.timestamp)
+            for info in reversed(self.info_fields)
+        )
+        return StandardPath(
+            len(self.info_fields) - 1 - self.curr_inf,
+            len(self.hop_fields) - 1 - self.curr_hf,
+            (lens[0], lens[1], lens[2]),
+            infos,
+            tuple(reversed(self.hop_fields)),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class RawPath:

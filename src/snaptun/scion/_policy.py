@@ -1,4 +1,4 @@
-"""The gateway's packet policy for packets leaving a tunnel (PROTOCOL.md §10).
+"""The gateway's packet policy for packets leaving a tunnel (docs/GATEWAY.md, "Packet policy").
 
 A packet from a client is forwarded only if its headers parse, its source is
 the tunnel's assigned address, its path is a consistent standard path and its
@@ -94,7 +94,7 @@ def _assigned_wire(assigned: EndhostAddress) -> tuple[int, bytes, bytes]:
     return code, wire[:8], wire[8:]
 
 
-def check_tunnel_packet(  # noqa: PLR0911 - one return per row of the §10 table
+def check_tunnel_packet(  # noqa: PLR0911 - one return per row of the policy table
     packet: Buffer, assigned: EndhostAddress
 ) -> PolicyViolation | None:
     """None if ``packet`` may leave the tunnel whose address is ``assigned``, else why not."""

@@ -15,6 +15,13 @@ the step is tested against; the step returns the same answers, cheaper:
 * decisions are small integers (:class:`Verdict`) or the target :class:`Route`,
   so the per-packet path allocates only the route key.
 
+One decision goes beyond the reference: a valid packet that carries an SCMP
+Echo Request (type 128, code 0, right after the header) to one of the
+gateway's own host addresses (``gateway_hosts``) in the sender's own ISD-AS,
+and is routed to no tunnel, is ``ECHO_REQUEST``: the gateway answers it itself
+(:func:`snaptun.scion.echo_reply`). Every other packet to those addresses is
+decided as the reference decides it.
+
 Packets too short for the layout, or with a source host that is no IP address,
 take the reference path: they are violations in any case.
 
@@ -28,15 +35,16 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Final, Generic, TypeVar
 
-from snaptun.core.addressing import EndhostAddress
+from snaptun.core.addressing import EndhostAddress, IPAddress
 from snaptun.errors import SnaptunError
 from snaptun.scion._address import endhost_wire, host_length
-from snaptun.scion._packet import MIN_HDR_LEN_UNITS, SCION_VERSION
+from snaptun.scion._packet import MIN_HDR_LEN_UNITS, SCION_VERSION, NextHeader
 from snaptun.scion._path import HOP_LEN, INFO_LEN, META_LEN, PathType
 from snaptun.scion._policy import Violation, check_tunnel_packet
+from snaptun.scion._scmp import ScmpType
 
 __all__ = ["Route", "RouteConflict", "RouteTable", "Verdict", "address_key", "route_key"]
 
@@ -81,6 +89,8 @@ class Verdict(enum.IntEnum):
     """From the underlay: no IP host destination to route by."""
     UNKNOWN_DESTINATION = 9
     """From the underlay: for an address no tunnel has."""
+    ECHO_REQUEST = 10
+    """From a tunnel: an SCMP Echo Request to the gateway itself, which answers it."""
 
     @property
     def reason(self) -> str:
@@ -107,6 +117,7 @@ _REASONS: Final = {
     Verdict.DETACHED: "tunnel_detached",
     Verdict.UNPARSABLE: "underlay_unparsable",
     Verdict.UNKNOWN_DESTINATION: "unknown_destination",
+    Verdict.ECHO_REQUEST: "scmp_echo_request",
     **{verdict: violation.value for verdict, violation in _VIOLATIONS.items()},
 }
 
@@ -121,6 +132,10 @@ _PATH: Final = Verdict.INVALID_PATH
 _SIZE: Final = Verdict.INVALID_PACKET_SIZE
 _UNPARSABLE: Final = Verdict.UNPARSABLE
 _UNKNOWN: Final = Verdict.UNKNOWN_DESTINATION
+_ECHO: Final = Verdict.ECHO_REQUEST
+_SCMP: Final = int(NextHeader.SCMP)
+_ECHO_TYPE: Final = int(ScmpType.ECHO_REQUEST)
+_ECHO_LEN: Final = 8  # type, code, checksum, identifier, sequence number
 _STANDARD: Final = int(PathType.SCION)
 
 
@@ -173,8 +188,10 @@ R = TypeVar("R", bound=Route)
 class RouteTable(Generic[R]):
     """Routes by address, and the forwarding step of the packets from and to them."""
 
-    def __init__(self) -> None:
+    def __init__(self, gateway_hosts: Iterable[IPAddress] = ()) -> None:
         self._routes: dict[bytes, R] = {}
+        self._gateway_hosts = frozenset(host.packed for host in gateway_hosts)
+        """The gateway's own host addresses: SCMP Echo Requests to them are ``ECHO_REQUEST``."""
 
     def __len__(self) -> int:
         return len(self._routes)
@@ -219,7 +236,8 @@ class RouteTable(Generic[R]):
 
         Agrees with :func:`check_tunnel_packet` (``route.address`` as the
         assigned address) followed by a lookup of :func:`route_key`, and is
-        ``DETACHED`` for a route no longer in the table.
+        ``DETACHED`` for a route no longer in the table; ``ECHO_REQUEST`` is
+        the one addition (see the module docstring).
         """
         if not route.routed:
             return _DETACHED
@@ -230,7 +248,7 @@ class RouteTable(Generic[R]):
         layout, ip_destination = found
         (
             first,
-            _,
+            next_hdr,
             units,
             payload_len,
             path_type,
@@ -274,6 +292,15 @@ class RouteTable(Generic[R]):
             target = self._routes.get(dst_ia + dst_host)
             if target is not None:
                 return target
+            if (
+                dst_host in self._gateway_hosts
+                and dst_ia == src_ia
+                and next_hdr == _SCMP
+                and payload_len >= _ECHO_LEN
+                and packet[hdr_len] == _ECHO_TYPE
+                and packet[hdr_len + 1] == 0
+            ):
+                return _ECHO
         return _UNDERLAY
 
     def from_underlay(self, packet: bytes) -> R | Verdict:
