@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from snaptun.cli._common import at_least, checked, emit
+from snaptun.errors import SnaptunError
 from snaptun.gateway.admin import (
     SECRET_FILE,
     SECRET_HEADER,
@@ -46,7 +47,7 @@ _COLUMNS = (
 )
 
 
-class StatusError(Exception):
+class StatusError(SnaptunError):
     """What went wrong, as one line for the operator."""
 
 
