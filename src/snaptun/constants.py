@@ -35,6 +35,10 @@ REPLACED_CLOSE_CODE: Final = 0
 """Close code (QUIC NO_ERROR) of a tunnel whose grant a newer tunnel of its identity took over."""
 REPLACED_REASON: Final = "replaced by a newer tunnel"
 """Close reason of such a tunnel; clients treat it as final (no reconnect)."""
+KICKED_CLOSE_CODE: Final = 0
+"""Close code (QUIC NO_ERROR) of a tunnel an operator closed (``snaptun status --kick``)."""
+KICKED_REASON: Final = "closed by the operator"
+"""Close reason of such a tunnel; not final: clients reconnect after their backoff."""
 INTERNAL_ERROR_REASON: Final = "internal error"
 """Close reason (code 5) when serving a tunnel raised something unexpected."""
 

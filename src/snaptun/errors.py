@@ -70,6 +70,8 @@ not drawn::
     │   └── StateDirInUse               another gateway holds the directory's lock
     ├── GrantStoreError                 the grant database failed (gateway.store)
     ├── BindError                       [OSError] a gateway socket could not be bound (gateway.bind)
+    ├── AdminFileError                  no usable admin.json in the state directory (gateway.admin)
+    ├── StatusError                     what `snaptun status` reports and exits 1 on (cli._status)
     └── ClientError                     what the client side raises
         ├── ControlResponseError        a non-2xx answer (.status, .body)
         ├── MalformedResponse           an answer that is not the protocol's

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import snaptun.gateway.dataplane as dataplane_module
 from snaptun.core.addressing import EndhostAddress
+from snaptun.errors import SendBufferFull
 from snaptun.gateway.config import ConfigError, GatewayConfig, add_serve_arguments, resolve_config
 from snaptun.gateway.dataplane import Dataplane, TunnelPort
 from snaptun.gateway.metrics import GatewayMetrics
@@ -210,3 +211,46 @@ def test_bad_scmp_settings_are_refused_naming_the_key(argv: list[str], key: str)
     with pytest.raises(ConfigError) as caught:
         _resolve(*argv)
     assert caught.value.key == key
+
+
+def _accounting(port: TunnelPort) -> tuple[int, int, int, int, int, int]:
+    return (
+        port.from_client_packets,
+        port.from_client_bytes,
+        port.to_client_packets,
+        port.to_client_bytes,
+        port.drops,
+        port.scmp_sent,
+    )
+
+
+def test_per_tunnel_accounting_follows_each_packet() -> None:
+    p = _Plane(rate=10, burst=5)
+    other, other_sender, _ = p.attach(OTHER)
+    switched = scion_udp(ME, OTHER, b"to other")
+    p.plane.from_tunnel(p.port, switched)  # switched locally: from ME, to OTHER
+    inbound = scion_udp(FOREIGN, ME, b"from far away")
+    p.plane.from_underlay(inbound)
+    p.plane.from_tunnel(p.port, scion_udp(ME, FOREIGN, b"x"))  # no underlay socket: dropped
+    p.plane.from_tunnel(p.port, SPOOFED)  # a violation: dropped and answered
+    assert other_sender.sent == [switched]
+    assert p.sender.sent[0] == inbound
+    assert len(p.sender.sent) == 2  # the SCMP answer
+    assert _accounting(p.port) == (1, len(switched), 1, len(inbound), 2, 1)
+    assert _accounting(other) == (0, 0, 1, len(switched), 0, 0)
+
+
+def test_a_packet_the_tunnel_cannot_take_is_a_drop_of_that_tunnel() -> None:
+    p = _Plane(rate=10, burst=5)
+    other, other_sender, _ = p.attach(OTHER)
+
+    def full(packet: bytes) -> None:
+        raise SendBufferFull(1)
+
+    other_sender.send = full  # type: ignore[method-assign]
+    other_sender.send_many = lambda packets: False  # type: ignore[method-assign]  # a full queue
+    p.plane.from_tunnel(p.port, scion_udp(ME, OTHER, b"to other"))
+    p.plane.from_underlay(scion_udp(FOREIGN, OTHER, b"from far away"))
+    assert _accounting(other) == (0, 0, 0, 0, 2, 0)
+    assert _accounting(p.port) == (0, 0, 0, 0, 0, 0)
+    assert p.drops("tunnel_queue_full") == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Mapping
 
@@ -10,7 +11,7 @@ import h11
 import pytest
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter
 
-from snaptun.gateway.http import Handler, HttpServer, health_route, metrics_route
+from snaptun.gateway.http import Answer, Handler, HttpServer, Request, health_route, metrics_route
 
 TIMEOUT = 0.3
 
@@ -92,9 +93,50 @@ async def server(registry: CollectorRegistry) -> AsyncIterator[HttpServer]:
         "/sick": health_route(lambda: False),
         "/boom": failing,
     }
-    server = await HttpServer.start("127.0.0.1", 0, routes, timeout=TIMEOUT, max_connections=4)
+    server = await HttpServer.start(
+        "127.0.0.1",
+        0,
+        routes,
+        actions={"/echo": echo, "/boom-action": lambda _: failing()},
+        timeout=TIMEOUT,
+        max_connections=4,
+    )
     yield server
     await server.close()
+
+
+def echo(request: Request) -> Answer:
+    """An action answering what it saw of the request, with one extra header."""
+    seen = {
+        "method": request.method,
+        "path": request.path,
+        "query": request.query,
+        "x": request.headers.get("x-test"),
+        "body": request.body.decode(),
+    }
+    return 201, "application/json", json.dumps(seen).encode(), (("x-seen", "yes"),)
+
+
+async def test_action_gets_query_headers_and_body(server: HttpServer) -> None:
+    client = await Client.open(server)
+    status, headers, body = await client.request(
+        "/echo?a=1&a=2&b=", method="POST", headers={"X-Test": "v"}, body=b"payload"
+    )
+    assert (status, headers["x-seen"]) == (201, "yes")
+    assert json.loads(body) == {
+        "method": "POST",
+        "path": "/echo",
+        "query": {"a": ["1", "2"]},
+        "x": "v",
+        "body": "payload",
+    }
+    status, headers, _ = await client.request("/echo")  # an action answers POST only
+    assert (status, headers["allow"]) == (405, "POST")
+    status, _, _ = await client.request("/echo", method="OPTIONS")  # no CORS preflight
+    assert status == 405
+    status, _, body = await client.request("/boom-action", method="POST")
+    assert (status, body) == (500, b"internal error\n")
+    await client.close()
 
 
 async def test_address(server: HttpServer) -> None:

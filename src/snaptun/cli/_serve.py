@@ -124,6 +124,8 @@ async def _serve(gateway: Gateway) -> int:
             f"snaptun serve: metrics http://{format_socket_address(*report.metrics)}/metrics",
             file=sys.stderr,
         )
+    if report.admin is not None:
+        print(f"snaptun serve: status page {report.admin}/ (snaptun status)", file=sys.stderr)
     print(f"listening {format_socket_address(*report.listen)}", flush=True)
     # Only now: before start() has loaded the keys there is nothing to reload.
     loop.add_signal_handler(signal.SIGHUP, gateway.reload_token_keys, "SIGHUP")

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 
-from snaptun.cli import _connect, _ping, _serve, _token
+from snaptun.cli import _connect, _ping, _serve, _status, _token
 from snaptun.cli._client import SEQ_BYTES, ClientOptions, run_echo_client
 from snaptun.cli._common import (
     add_trust_flags,
@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="QUIC handshake limit (5)",
     )
     _add_quic_flags(client)
-    for module in (_serve, _token, _connect, _ping):
+    for module in (_serve, _token, _connect, _ping, _status):
         module.register(commands)
     _own_usage(parser)
     return parser
@@ -322,7 +322,7 @@ def _main(argv: Sequence[str] | None) -> int:
         usage: argparse.ArgumentParser = getattr(args, "usage_parser", parser)
         usage.error(f"unrecognized arguments: {' '.join(unknown)}")
     run: Callable[[argparse.Namespace], int] | None = getattr(args, "run", None)
-    if run is not None:  # subcommands that register themselves (serve, token, connect, ping)
+    if run is not None:  # subcommands that register themselves (serve, token, ..., status)
         return run(args)
     setup_logging(args.verbose)
     if args.command == "echo-server":

@@ -94,7 +94,18 @@ _ECHO = Verdict.ECHO_REQUEST
 class TunnelPort(Route):
     """One tunnel as the data plane sees it: its route, plus how to reach and answer it."""
 
-    __slots__ = ("gateway", "receiver", "scmp", "sender")
+    __slots__ = (
+        "drops",
+        "from_client_bytes",
+        "from_client_packets",
+        "gateway",
+        "receiver",
+        "scmp",
+        "scmp_sent",
+        "sender",
+        "to_client_bytes",
+        "to_client_packets",
+    )
 
     def __init__(
         self,
@@ -111,6 +122,18 @@ class TunnelPort(Route):
         """Bounds the SCMP answers (errors, echo replies) this tunnel can make the gateway build."""
         self.receiver: Receiver[Any] | None = None
         """Whose sink feeds this port, until :meth:`Dataplane.release`."""
+        # Per-tunnel accounting: plain integers, bumped next to the global counters.
+        self.from_client_packets = 0
+        """Packets from the client forwarded (to the underlay or another tunnel)."""
+        self.from_client_bytes = 0
+        self.to_client_packets = 0
+        """Packets delivered into this tunnel (from the underlay or another tunnel;
+        SCMP answers are counted in ``scmp_sent`` only)."""
+        self.to_client_bytes = 0
+        self.drops = 0
+        """Packets from this client, or for it, that were dropped (any reason)."""
+        self.scmp_sent = 0
+        """SCMP answers (errors, echo replies) sent to this client."""
 
 
 class Dataplane:
@@ -254,30 +277,42 @@ class Dataplane:
                     counters = self._counters
                     counters.packets[TUNNEL_TO_TUNNEL] += 1
                     counters.bytes[TUNNEL_TO_TUNNEL] += len(packet)
+                    port.from_client_packets += 1
+                    port.from_client_bytes += len(packet)
+                    result.to_client_packets += 1
+                    result.to_client_bytes += len(packet)
             elif result is _ECHO:
                 self._echo(port, packet)
             else:
                 self._metrics.drop(result.reason)
+                port.drops += 1
                 if result is not _DETACHED:
                     self._answer(port, packet)
         if out:
-            self._to_underlay(out)
+            self._to_underlay(port, out)
 
-    def _to_underlay(self, packets: list[bytes]) -> None:
+    def _to_underlay(self, port: TunnelPort, packets: list[bytes]) -> None:
         udp = self._udp
         if udp is None or udp.closed:
             for _ in packets:
                 self._metrics.drop("underlay_closed")
+            port.drops += len(packets)
             return
         sent = udp.send_many(packets, self._next_hop)
         counters = self._counters
         counters.packets[TUNNEL_TO_UNDERLAY] += sent
+        port.from_client_packets += sent
         if sent == len(packets):
-            counters.bytes[TUNNEL_TO_UNDERLAY] += sum(map(len, packets))
+            size = sum(map(len, packets))
+            counters.bytes[TUNNEL_TO_UNDERLAY] += size
+            port.from_client_bytes += size
             return
-        counters.bytes[TUNNEL_TO_UNDERLAY] += sum(map(len, packets[:sent]))
+        size = sum(map(len, packets[:sent]))
+        counters.bytes[TUNNEL_TO_UNDERLAY] += size
+        port.from_client_bytes += size
         for _ in range(len(packets) - sent):
             self._metrics.drop("underlay_queue_full")
+        port.drops += len(packets) - sent
 
     def from_underlay(self, packet: bytes, source: object = None) -> None:
         """Deliver one packet from the SCION network to its tunnel (``source`` unused)."""
@@ -307,15 +342,21 @@ class Dataplane:
     def _to_tunnel_run(self, port: TunnelPort, packets: list[bytes]) -> None:
         counters = self._counters
         if port.sender.send_many(packets):
+            size = sum(map(len, packets))
             counters.packets[UNDERLAY_TO_TUNNEL] += len(packets)
-            counters.bytes[UNDERLAY_TO_TUNNEL] += sum(map(len, packets))
+            counters.bytes[UNDERLAY_TO_TUNNEL] += size
+            port.to_client_packets += len(packets)
+            port.to_client_bytes += size
             return
         for packet in packets:  # one by one: each refusal counted by its reason
             if self._to_tunnel(port, packet):
                 counters.packets[UNDERLAY_TO_TUNNEL] += 1
                 counters.bytes[UNDERLAY_TO_TUNNEL] += len(packet)
+                port.to_client_packets += 1
+                port.to_client_bytes += len(packet)
 
     def _to_tunnel(self, port: TunnelPort, packet: bytes) -> bool:
+        """Send into ``port``'s tunnel; a drop is counted there (delivery by the caller)."""
         for _ in range(2):
             try:
                 port.sender.send(packet)
@@ -330,8 +371,10 @@ class Dataplane:
                 self._metrics.drop("tunnel_closed")
             else:
                 return True
+            port.drops += 1
             return False
         self._metrics.drop("tunnel_closed")
+        port.drops += 1
         return False
 
     def _answer(self, port: TunnelPort, offending: bytes) -> None:
@@ -358,6 +401,7 @@ class Dataplane:
             sent = self._counters.scmp_sent
             code = str(violation.code.value)
             sent[code] = sent.get(code, 0) + 1
+            port.scmp_sent += 1
 
     def _echo(self, port: TunnelPort, request: bytes) -> None:
         """Answer a ping of the gateway itself, back into the tunnel it came from."""
@@ -368,9 +412,11 @@ class Dataplane:
             reply = echo_reply(request)
         except ScionDecodeError:
             self._metrics.drop("invalid_scmp_echo")
+            port.drops += 1
             return
         if self._to_tunnel(port, reply):
             self._counters.scmp_echo_replies += 1
+            port.scmp_sent += 1
 
 
 def _log_underlay_error(exc: OSError) -> None:

@@ -1,6 +1,6 @@
 """Structured tunnel-event logs: one JSON object per line, one line per event.
 
-Events are the tunnel's life (accepted, assigned, renewed, expired, replaced,
+Events are the tunnel's life (accepted, assigned, renewed, expired, replaced, kicked,
 closed, refused) and the gateway's (started, stopping, stopped); nothing is
 logged per packet. Each line carries ``ts`` (ISO 8601, UTC, milliseconds,
 ``Z``), ``event`` and the fields that apply, e.g.::
@@ -35,7 +35,8 @@ class Event(StrEnum):
     RENEWED = "renewed"  # session renewed with a fresh token
     EXPIRED = "expired"  # session ran out; the tunnel is closed
     REPLACED = "replaced"  # a newer tunnel of the same identity took the address over
-    CLOSED = "closed"  # tunnel ended (close code, reason)
+    KICKED = "kicked"  # an operator closed the tunnel (snaptun status --kick)
+    CLOSED = "closed"  # tunnel ended (close code, reason, the tunnel's counters)
     REFUSED = "refused"  # setup refused (reason, close code)
     STARTED = "started"  # the gateway listens
     STOPPING = "stopping"  # the gateway was asked to stop

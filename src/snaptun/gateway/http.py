@@ -1,8 +1,9 @@
-"""A minimal asyncio HTTP/1.1 server on h11 for ``/metrics`` and ``/healthz``.
+"""A minimal asyncio HTTP/1.1 server on h11 for ``/metrics``, ``/healthz`` and the admin API.
 
-GET and HEAD only; each route is a synchronous handler returning
-``(status, content type, body)``. Everything is bounded, and what happens at
-each bound is fixed:
+Routes answer GET and HEAD: synchronous handlers without arguments returning
+``(status, content type, body[, headers])``. Actions answer POST only: they get
+the :class:`Request` (query, headers, body) and return the same. Everything is
+bounded, and what happens at each bound is fixed:
 
 - request head larger than ``max_head`` bytes: 431, then close;
 - request body (discarded) larger than ``max_body`` bytes: 413, then close;
@@ -11,7 +12,9 @@ each bound is fixed:
   ``timeout``: the connection is closed without an answer;
 - more than ``max_connections`` open connections: the new one is closed at once
   (counted in :attr:`HttpServer.refused`);
-- malformed request: 400, then close; unknown path: 404; other methods: 405.
+- malformed request: 400, then close; unknown path: 404; other methods: 405
+  (so a browser's CORS preflight, OPTIONS, is refused: no cross-site POST
+  with a non-simple header ever reaches an action).
 """
 
 from __future__ import annotations
@@ -21,22 +24,41 @@ import logging
 from collections.abc import Callable, Mapping
 from contextlib import suppress
 from typing import Final, NamedTuple
+from urllib.parse import parse_qs
 
 import h11
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
 from snaptun.errors import SnaptunError
 
-__all__ = ["Handler", "HttpServer", "health_route", "metrics_route"]
+__all__ = ["Action", "Answer", "Handler", "HttpServer", "Request", "health_route", "metrics_route"]
 
-Handler = Callable[[], tuple[int, str, bytes]]
-"""A route: returns status, content type and body."""
+Answer = tuple[int, str, bytes] | tuple[int, str, bytes, tuple[tuple[str, str], ...]]
+"""Status, content type, body, and optionally more response headers."""
+Handler = Callable[[], Answer]
+"""A route (GET, HEAD): returns status, content type and body."""
+
+
+class Request(NamedTuple):
+    """What an action sees of a request."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    """Lower-case names; a repeated field keeps its last value."""
+    body: bytes
+
+
+Action = Callable[[Request], Answer]
+"""An action (POST only): gets the request, returns what a route returns."""
 
 _log = logging.getLogger(__name__)
 
 _TEXT: Final = "text/plain; charset=utf-8"
 _READ_SIZE: Final = 4096
 _METHODS: Final = (b"GET", b"HEAD")
+_POST: Final = b"POST"
 
 
 class _Response(NamedTuple):
@@ -61,6 +83,7 @@ class HttpServer:
         self,
         routes: Mapping[str, Handler],
         *,
+        actions: Mapping[str, Action] | None = None,
         timeout: float = 10.0,
         max_connections: int = 64,
         max_head: int = 8192,
@@ -69,6 +92,7 @@ class HttpServer:
         if timeout <= 0 or max_connections < 1 or max_head < 64 or max_body < 0:
             raise ValueError("timeout, max_connections, max_head and max_body must be positive")
         self._routes = dict(routes)
+        self._actions = dict(actions or {})
         self._timeout = timeout
         self._max_connections = max_connections
         self._max_head = max_head
@@ -85,14 +109,16 @@ class HttpServer:
         port: int,
         routes: Mapping[str, Handler],
         *,
+        actions: Mapping[str, Action] | None = None,
         timeout: float = 10.0,
         max_connections: int = 64,
         max_head: int = 8192,
         max_body: int = 65536,
     ) -> HttpServer:
-        """Listen on ``host:port`` (port 0: any free port) and serve ``routes``."""
+        """Listen on ``host:port`` (port 0: any free port) and serve ``routes`` and ``actions``."""
         self = cls(
             routes,
+            actions=actions,
             timeout=timeout,
             max_connections=max_connections,
             max_head=max_head,
@@ -164,17 +190,17 @@ class HttpServer:
                 return
             if request is None:
                 return
-            await self._send(conn, writer, request.method, self._answer(request))
+            await self._send(conn, writer, request[0].method, self._answer(*request))
             if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                 return  # Connection: close, HTTP/1.0, ...
             conn.start_next_cycle()
 
     async def _read_request(
         self, conn: h11.Connection, reader: asyncio.StreamReader
-    ) -> h11.Request | None:
-        """The next complete request (body discarded), or None when the peer closed."""
+    ) -> tuple[h11.Request, bytes] | None:
+        """The next complete request and its body, or None when the peer closed."""
         request: h11.Request | None = None
-        body = 0
+        body = bytearray()
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
@@ -186,24 +212,36 @@ class HttpServer:
                     raise _Reject(431)
                 request = event
             elif isinstance(event, h11.Data):
-                body += len(event.data)
-                if body > self._max_body:
+                body += event.data
+                if len(body) > self._max_body:
                     raise _Reject(413)
             elif isinstance(event, h11.EndOfMessage):
-                return request
+                assert request is not None  # h11 yields the Request first
+                return request, bytes(body)
             elif isinstance(event, h11.ConnectionClosed):
                 return None
             else:  # pragma: no cover - h11 yields nothing else to a server before EndOfMessage
                 raise h11.RemoteProtocolError(f"unexpected {event!r}", error_status_hint=400)
 
-    def _answer(self, request: h11.Request) -> _Response:
-        path = request.target.split(b"?", 1)[0].decode("ascii", "replace")
+    def _answer(self, request: h11.Request, body: bytes) -> _Response:
+        target, _, query = request.target.decode("ascii", "replace").partition("?")
+        path = target
+        action = self._actions.get(path)
         handler = self._routes.get(path)
-        if handler is None:
-            return _Response(404, _TEXT, b"not found\n")
-        if request.method not in _METHODS:
-            return _Response(405, _TEXT, b"method not allowed\n", (("allow", "GET, HEAD"),))
         try:
+            if action is not None:
+                if request.method != _POST:
+                    return _Response(405, _TEXT, b"method not allowed\n", (("allow", "POST"),))
+                headers = {
+                    name.decode("ascii").lower(): value.decode("latin-1")
+                    for name, value in request.headers.raw_items()
+                }
+                method = request.method.decode("ascii")
+                return _Response(*action(Request(method, path, parse_qs(query), headers, body)))
+            if handler is None:
+                return _Response(404, _TEXT, b"not found\n")
+            if request.method not in _METHODS:
+                return _Response(405, _TEXT, b"method not allowed\n", (("allow", "GET, HEAD"),))
             return _Response(*handler())
         except Exception:
             _log.exception("handler of %s failed", path)

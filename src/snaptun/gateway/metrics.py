@@ -67,6 +67,11 @@ class GatewayMetrics:
             "Tunnels closed because a newer tunnel of the same identity took their grant over.",
             registry=reg,
         )
+        self.kicked = Counter(
+            "snaptun_gateway_tunnels_kicked",
+            "Tunnels an operator closed through the admin endpoint (snaptun status --kick).",
+            registry=reg,
+        )
         self.internal_errors = Counter(
             "snaptun_gateway_internal_errors",
             "Tunnels closed with code 5 because serving them raised something unexpected.",

@@ -23,6 +23,8 @@ from snaptun.aio.quic import QuicConnection, QuicEndpoint, QuicSettings, fingerp
 from snaptun.aio.server import Control, Sender, Server
 from snaptun.constants import (
     INTERNAL_ERROR_REASON,
+    KICKED_CLOSE_CODE,
+    KICKED_REASON,
     REPLACED_CLOSE_CODE,
     REPLACED_REASON,
     CloseCode,
@@ -37,6 +39,17 @@ from snaptun.errors import (
     SessionExpired,
     TunnelReplaced,
     UnexpectedControlRequest,
+)
+from snaptun.gateway.admin import (
+    TunnelStatus,
+    admin_url,
+    iso_time,
+    kick_action,
+    page_route,
+    remove_admin_files,
+    tunnels_route,
+    write_admin_file,
+    write_secret,
 )
 from snaptun.gateway.bind import bound
 from snaptun.gateway.config import GatewayConfig
@@ -74,11 +87,45 @@ FULL_CLOSE_CODE: Final = 5
 
 @dataclass
 class _Live:
-    """A tunnel the gateway is driving."""
+    """A tunnel the gateway is driving; what the admin endpoint shows of it."""
 
     sender: Sender[Any] | None
     """None until the setup finished."""
     task: asyncio.Task[None]
+    remote: str = "?"
+    """The client's address at accept; ``where()`` tells where it is now (roaming)."""
+    where: Callable[[], str] | None = None
+    identity: str = ""
+    since: float = 0.0
+    control: Control[Any] | None = None
+    port: TunnelPort | None = None
+    """The data plane's view (address and counters), once attached."""
+
+    def status(self) -> TunnelStatus | None:
+        """As the admin endpoint shows it; None before the tunnel is attached."""
+        port, control = self.port, self.control
+        if port is None or control is None:
+            return None
+        return TunnelStatus(
+            pssid=self.identity,
+            address=str(port.address),
+            remote=self.where() if self.where is not None else self.remote,
+            since=iso_time(self.since) or "",
+            session_expiry=iso_time(control.machine.session_expiry),
+            **_counters(port),
+        )
+
+
+def _counters(port: TunnelPort) -> dict[str, int]:
+    """The per-tunnel accounting of the data plane, for the admin endpoint and the log."""
+    return {
+        "from_client_packets": port.from_client_packets,
+        "from_client_bytes": port.from_client_bytes,
+        "to_client_packets": port.to_client_packets,
+        "to_client_bytes": port.to_client_bytes,
+        "drops": port.drops,
+        "scmp_sent": port.scmp_sent,
+    }
 
 
 @dataclass
@@ -91,6 +138,7 @@ class StartReport:
     underlay: tuple[str, int]
     metrics: tuple[str, int] | None
     fingerprint: str
+    admin: str | None
     cert: Path
     token_keys: list[Path] = field(default_factory=list)
     dev_key: bool = False
@@ -134,6 +182,7 @@ class Gateway:
         self._dataplane: Dataplane | None = None
         self._lock: StateLock | None = None
         self._stopped = asyncio.Event()
+        self._admin_root: Path | None = None
 
     # ---- start -----------------------------------------------------------------------------
 
@@ -232,18 +281,7 @@ class Gateway:
             lambda: endpoint.gate.half_open,
             lambda: endpoint.handshake_timeouts,
         )
-        metrics_at = None
-        if cfg.metrics is not None:
-            self._http = await bound(
-                "metrics",
-                cfg.metrics,
-                HttpServer.start(
-                    cfg.metrics[0],
-                    cfg.metrics[1],
-                    {"/metrics": metrics_route(self.metrics.registry), "/healthz": self._health},
-                ),
-            )
-            metrics_at = self._http.address
+        metrics_at, admin_at = await self._start_http(files.root)
         self._accepting = asyncio.ensure_future(self._accept_loop(self._endpoint))
         self._sweeping = asyncio.ensure_future(self._sweep_loop(writer))
         self._watching = asyncio.ensure_future(self._watch_keys())
@@ -254,6 +292,7 @@ class Gateway:
             underlay=underlay,
             metrics=metrics_at,
             fingerprint=fingerprint_of(Path(cert).read_bytes()),  # noqa: ASYNC240 - start-up only
+            admin=admin_at,
             cert=Path(cert),
             token_keys=[*key_paths, *cfg.token_jwks],
             dev_key=not operator_keys,
@@ -265,10 +304,47 @@ class Gateway:
             underlay=_fmt(underlay),
             next_hop=_fmt(cfg.underlay_next_hop),
             metrics=_fmt(metrics_at) if metrics_at else None,
+            admin=admin_at,
             fingerprint=report.fingerprint,
             state_dir=str(files.root),
         )
         return report
+
+    async def _start_http(self, root: Path) -> tuple[tuple[str, int] | None, str | None]:
+        """Serve /metrics, /healthz and the admin endpoint; write where in ``root``.
+
+        Returns the bound address and the admin URL (None, None: ``metrics`` is off).
+        """
+        where = self.config.metrics
+        if where is None:
+            return None, None
+        secret = write_secret(root)  # fresh, before serving
+        self._http = await bound(
+            "metrics",
+            where,
+            HttpServer.start(
+                where[0],
+                where[1],
+                {
+                    "/metrics": metrics_route(self.metrics.registry),
+                    "/healthz": self._health,
+                    "/admin/tunnels": tunnels_route(self.tunnels),
+                    "/": page_route(),
+                },
+                actions={"/admin/kick": kick_action(self.kick, secret)},
+            ),
+        )
+        self._admin_root = root
+        metrics_at = self._http.address
+        admin_at = admin_url(*metrics_at)
+        write_admin_file(root, admin_at)
+        return metrics_at, admin_at
+
+    async def _close_http(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+        if self._admin_root is not None:
+            remove_admin_files(self._admin_root)
 
     async def _sweep_loop(self, writer: GrantWriter) -> None:
         """Delete ended holds from the store now and then (the allocator frees them lazily)."""
@@ -297,6 +373,42 @@ class Gateway:
         body = b'{"status":"ok","tunnels":%d}\n' % len(self._live) if ok else b'{"status":"down"}\n'
         return (200 if ok else 503), "application/json", body
 
+    # ---- admin ----------------------------------------------------------------------------
+
+    def tunnels(self) -> list[TunnelStatus]:
+        """The live tunnels (set up and attached), oldest first."""
+        found = (live.status() for live in self._live.values())
+        return sorted((s for s in found if s is not None), key=lambda s: s.since)
+
+    def kick(self, selector: str) -> list[TunnelStatus]:
+        """Close every live tunnel whose address, IP or pssid is ``selector``; what was closed.
+
+        Code 0, reason ``closed by the operator``: a client reconnects after its
+        backoff (a kick is no ban; refusing a client takes its token).
+        """
+        wanted = selector.strip().lower()
+        kicked = []
+        for live in list(self._live.values()):
+            status = live.status()
+            if status is None or live.sender is None or live.port is None:
+                continue
+            names = {status.pssid.lower(), status.address.lower(), str(live.port.address.ip)}
+            if wanted not in names:
+                continue
+            live.sender.close(KICKED_CLOSE_CODE, KICKED_REASON)
+            self.metrics.kicked.inc()
+            self.metrics.closes.labels(str(KICKED_CLOSE_CODE)).inc()
+            self.events.emit(
+                "kicked",
+                remote=status.remote,
+                identity=status.pssid,
+                address=status.address,
+                reason=KICKED_REASON,
+                code=KICKED_CLOSE_CODE,
+            )
+            kicked.append(status)
+        return kicked
+
     # ---- tunnels ---------------------------------------------------------------------------
 
     async def _accept_loop(self, endpoint: QuicEndpoint) -> None:
@@ -311,7 +423,7 @@ class Gateway:
                 continue
             task = asyncio.ensure_future(self._serve(conn, remote))
             task.add_done_callback(self._forget)
-            self._live[id(task)] = _Live(None, task)
+            self._live[id(task)] = _Live(None, task, remote)
 
     def _forget(self, task: asyncio.Task[None]) -> None:
         self._live.pop(id(task), None)
@@ -353,6 +465,9 @@ class Gateway:
         self.events.emit("accepted", remote=here(), identity=identity, address=str(address))
         # From here the tunnel's packets reach the data plane through the receiver's sink.
         port = self._dataplane.attach(sender, control, receiver)
+        if me is not None:
+            me.identity, me.since, me.where = identity or "", self._clock(), here
+            me.control, me.port = control, port
         # Newest wins: the route goes the moment a newer tunnel takes the grant over.
         control.machine.on_replaced(lambda: self._dataplane_detach(port))
         state: dict[str, Any] = {"address": address}
@@ -373,7 +488,12 @@ class Gateway:
             await self._drive(
                 conn,
                 control,
-                lambda: {"remote": here(), "identity": identity, "address": str(state["address"])},
+                lambda: {
+                    "remote": here(),
+                    "identity": identity,
+                    "address": str(state["address"]),
+                    **_counters(port),
+                },
             )
         finally:
             self._dataplane.release(port)
@@ -456,8 +576,7 @@ class Gateway:
             self._allocator.close()
         if self._dataplane is not None:
             self._dataplane.close()
-        if self._http is not None:
-            await self._http.close()
+        await self._close_http()
         if self._lock is not None:
             self._lock.release()  # last: the store is flushed and closed
         self.events.emit("stopped")
