@@ -541,6 +541,32 @@ class QuicConnection(QuicConnectionProtocol):
                     event.error_code, event.reason_phrase, by_peer=by_peer, application=application
                 )
             )
+            self._release()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """A client's own socket closed: let go of its transport, which holds us too (a cycle)."""
+        self._sendto_many = None
+        self._transport = None
+
+    def _release(self) -> None:
+        """Break the reference cycles of a connection qh3 has ended, so it is freed at once.
+
+        qh3 ties a connection into cycles (the server's handlers hold the
+        protocol, its connection and TLS objects hold each other's bound
+        methods); left to the cyclic GC, every ended connection (~50 KiB, its
+        Rust state included) waited for a full collection, which a gateway
+        reaches rarely (docs/RELIABILITY.md, ``bogus``). Called once qh3 has
+        reported the end: nothing of qh3's calls these any more.
+        """
+        self._connection_id_issued_handler = _ignore
+        self._connection_id_retired_handler = _ignore
+        self._connection_terminated_handler = _ignore
+        bridge = self._quic._tls
+        if bridge is not None:
+            self._quic._tls = None  # qh3 itself drops it on a version change or Retry
+            bridge.tls.alpn_cb = None
+            bridge.tls.update_traffic_key_cb = _ignore
+        self._streams.clear()  # each holds its connection; all were failed by _terminated
 
     def _stream_reset(self, event: StreamReset | StopSendingReceived) -> None:
         stream = self._streams.get(event.stream_id)
@@ -621,6 +647,10 @@ class QuicConnection(QuicConnectionProtocol):
             self._quic.send_ping(self._ping_uid)
         self._transmit_now()
         self._arm_keepalive()
+
+
+def _ignore(*args: object) -> None:
+    """A callback that does nothing: what an ended connection's hooks become."""
 
 
 def _wake(waiter: asyncio.Future[None] | None) -> None:
