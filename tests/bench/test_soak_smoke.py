@@ -33,11 +33,6 @@ async def test_scenario_passes_at_smoke_scale(name: str, tmp_path: Path) -> None
     await smoke(name, tmp_path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway bug (docs/RELIABILITY.md, slow): bytes a client sends on a request stream "
-    "after the gateway reset it open it anew, and the tunnel is closed with code 5 before expiry",
-)
 async def test_slow_streams_are_reset_and_tunnels_expire_with_code_4(tmp_path: Path) -> None:
     await smoke("slow", tmp_path)
 

@@ -173,6 +173,9 @@ class QuicStream:
     async def read(self, max_bytes: int = 65536) -> bytes:
         """Up to ``max_bytes`` bytes; ``b""`` once the peer finished the stream."""
         while not self._buffer and not self._eof and self._error is None:
+            if self._conn.closed is not None:  # also a stream the connection no longer tracks
+                self._error = self._conn.closed
+                break
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
@@ -189,6 +192,8 @@ class QuicStream:
     def write(self, data: bytes, *, end_stream: bool = False) -> None:
         """Queue ``data`` (and FIN); raises :class:`ConnectionLost` once closed."""
         self._conn._check_open()
+        if isinstance(self._error, QuicStreamReset):
+            raise self._error  # qh3 would raise a bare ValueError
         if self._write_closed:
             raise ConnectionError(f"stream {self.stream_id} already finished")
         try:
@@ -298,6 +303,13 @@ class QuicConnection(QuicConnectionProtocol):
             # qh3 parses and copies every packet it sends to log it, even with no
             # logger to log to: 0.8 us per packet, about 5% of a 1200 B round trip.
             quic._log_packets = _no_packet_log  # type: ignore[method-assign]
+        # Peer-opened bidirectional streams: every id below _peer_next_stream
+        # was opened by the peer; those not yet surfaced wait in _peer_unseen.
+        self._peer_next_stream = 0 if not quic._is_client else 1
+        self._peer_unseen: set[int] = set()
+        self._next_local_stream = 0
+        self.late_stream_frames = 0
+        """Stream data dropped because its stream was already finished or reset here."""
 
     # ---- connection ------------------------------------------------------------
 
@@ -558,9 +570,14 @@ class QuicConnection(QuicConnectionProtocol):
         return self._incoming.popleft()
 
     def open_stream(self) -> QuicStream:
-        """Open a new bidirectional stream."""
+        """Open a new bidirectional stream, with an id no other open gives.
+
+        qh3's next id only moves once the stream is written to, so the id is
+        reserved here; qh3 opens skipped lower ids implicitly, as QUIC does.
+        """
         self._check_open()
-        stream_id = self._quic.get_next_available_stream_id()
+        stream_id = max(self._quic.get_next_available_stream_id(), self._next_local_stream)
+        self._next_local_stream = stream_id + 4
         stream = QuicStream(self, stream_id)
         self._streams[stream_id] = stream
         return stream
@@ -688,8 +705,9 @@ class QuicConnection(QuicConnectionProtocol):
         elif isinstance(event, StreamDataReceived):
             stream = self._streams.get(event.stream_id)
             if stream is None:
-                if event.stream_id & 3 != (1 if self._quic._is_client else 0):
-                    return  # data for a stream we already forgot
+                if not self._peer_opens(event.stream_id):
+                    self.late_stream_frames += 1
+                    return  # data for a stream we already forgot: not a new one
                 stream = QuicStream(self, event.stream_id)
                 self._streams[event.stream_id] = stream
                 self._incoming.append(stream)
@@ -698,10 +716,7 @@ class QuicConnection(QuicConnectionProtocol):
             if event.end_stream:
                 stream._forget_if_done()
         elif isinstance(event, StreamReset | StopSendingReceived):
-            stream = self._streams.get(event.stream_id)
-            if stream is not None:
-                stream._fail(QuicStreamReset(event.stream_id, event.error_code))
-                stream._forget_if_done()
+            self._stream_reset(event)
         elif isinstance(event, HandshakeCompleted):
             self._arm_keepalive()
         elif isinstance(event, ConnectionTerminated):
@@ -712,6 +727,67 @@ class QuicConnection(QuicConnectionProtocol):
                     event.error_code, event.reason_phrase, by_peer=by_peer, application=application
                 )
             )
+            self._release()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """A client's own socket closed: let go of its transport, which holds us too (a cycle).
+
+        After :meth:`rebind` it is the earlier socket that closed, while the
+        current one is open: that one stays.
+        """
+        udp = self._udp
+        if udp is not None and not udp.is_closing():
+            return
+        self._sendto_many = None
+        self._transport = None
+        self._udp = None
+
+    def _release(self) -> None:
+        """Break the reference cycles of a connection qh3 has ended, so it is freed at once.
+
+        qh3 ties a connection into cycles (the server's handlers hold the
+        protocol, its connection and TLS objects hold each other's bound
+        methods); left to the cyclic GC, every ended connection (~50 KiB, its
+        Rust state included) waited for a full collection, which a gateway
+        reaches rarely (docs/RELIABILITY.md, ``bogus``). Called once qh3 has
+        reported the end: nothing of qh3's calls these any more.
+        """
+        self._connection_id_issued_handler = _ignore
+        self._connection_id_retired_handler = _ignore
+        self._connection_terminated_handler = _ignore
+        bridge = self._quic._tls
+        if bridge is not None:
+            self._quic._tls = None  # qh3 itself drops it on a version change or Retry
+            bridge.tls.alpn_cb = None
+            bridge.tls.update_traffic_key_cb = _ignore
+        self._streams.clear()  # each holds its connection; all were failed by _terminated
+
+    def _stream_reset(self, event: StreamReset | StopSendingReceived) -> None:
+        stream = self._streams.get(event.stream_id)
+        if stream is not None:
+            stream._fail(QuicStreamReset(event.stream_id, event.error_code))
+            stream._forget_if_done()
+        else:
+            self._peer_unseen.discard(event.stream_id)  # reset before any data
+
+    def _peer_opens(self, stream_id: int) -> bool:
+        """True once per peer-opened bidirectional stream id, False for any other id.
+
+        Ours and unidirectional ones are never new; a peer id below the
+        highest seen is new only if it was skipped (implicitly opened, its
+        data not yet here). The qh3 core holds the peer to its stream credit,
+        so ``_peer_unseen`` stays within that credit.
+        """
+        if stream_id & 3 != self._peer_next_stream & 3:
+            return False
+        if stream_id >= self._peer_next_stream:
+            self._peer_unseen.update(range(self._peer_next_stream, stream_id, 4))
+            self._peer_next_stream = stream_id + 4
+            return True
+        if stream_id in self._peer_unseen:
+            self._peer_unseen.discard(stream_id)
+            return True
+        return False
 
     def _terminated(self, lost: ConnectionLost) -> None:
         if self.closed is not None:
@@ -769,6 +845,10 @@ class QuicConnection(QuicConnectionProtocol):
 
 def _no_packet_log(event: str, data: bytes) -> None:
     """qh3's per-packet log hook where there is no logger: nothing to do."""
+
+
+def _ignore(*args: object) -> None:
+    """A callback that does nothing: what an ended connection's hooks become."""
 
 
 def _wake(waiter: asyncio.Future[None] | None) -> None:
