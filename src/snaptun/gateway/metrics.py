@@ -72,6 +72,11 @@ class GatewayMetrics:
             "Tunnels closed with code 5 because serving them raised something unexpected.",
             registry=reg,
         )
+        self.store_unavailable = Counter(
+            "snaptun_gateway_store_unavailable",
+            "Grant writes that failed because the shared grant store (PostgreSQL) was unreachable.",
+            registry=reg,
+        )
         self.forwarding = ForwardingCounters()
         """The data plane's per-packet counters (plain integers, exported at scrape time)."""
         reg.register(_ForwardingCollector(self.forwarding))
