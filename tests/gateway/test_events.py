@@ -135,6 +135,7 @@ def test_event_names() -> None:
         "renewed",
         "expired",
         "replaced",
+        "moved",
         "closed",
         "refused",
         "started",

@@ -35,6 +35,7 @@ class Event(StrEnum):
     RENEWED = "renewed"  # session renewed with a fresh token
     EXPIRED = "expired"  # session ran out; the tunnel is closed
     REPLACED = "replaced"  # a newer tunnel of the same identity took the address over
+    MOVED = "moved"  # another gateway of a shared store took an identity's grant
     CLOSED = "closed"  # tunnel ended (close code, reason)
     REFUSED = "refused"  # setup refused (reason, close code)
     STARTED = "started"  # the gateway listens
