@@ -7,7 +7,10 @@ settings), ``snaptun echo-server`` and ``snaptun-ref server``, runs
 costs), then ``snaptun-ref setup-bench`` with TLS resumption and without.
 Besides setups/s it prints each server's user+system CPU time per setup
 (from ``/proc``), which varies less than rates on a shared machine. With
-``--profile DIR`` our two servers run under ``cProfile`` (which slows them;
+``--store URL`` (repeatable) runs the gateway once per grant store
+(``sqlite``, or a ``postgresql://`` URL) and, for PostgreSQL, prints the
+transactions committed in that database per setup (``pg_stat_database``).
+With ``--profile DIR`` our two servers run under ``cProfile`` (which slows them;
 its stats are written to ``DIR`` when they stop); with ``--py-spy`` as well
 they run unslowed and are sampled by that py-spy binary instead (collapsed
 stacks, ``DIR/NAME.spy.txt``). Nothing asserts a speed; every process
@@ -18,13 +21,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +78,42 @@ def _one(
     return result
 
 
+def _commits(store: str | None) -> int | None:
+    """Transactions committed so far in a PostgreSQL store's database (None for SQLite)."""
+    if store is None or store == "sqlite":
+        return None
+    import psycopg  # noqa: PLC0415 - only with a PostgreSQL store
+
+    time.sleep(1.5)  # backends flush their statistics at most once a second
+    query = "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+    with psycopg.connect(store, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        row = conn.execute(query).fetchone()
+    return None if row is None else int(row[0])
+
+
+def _counted(store: str | None, setups: int, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``run()``'s record, with the store's commits per setup when it is PostgreSQL."""
+    before = _commits(store)
+    record = run()
+    after = _commits(store)
+    if before is not None and after is not None:
+        record["db_commits_per_setup"] = round((after - before) / setups, 2)
+    return record
+
+
+def _print(results: dict[str, dict[str, Any]], count: int, *, profiled: bool) -> None:
+    print(f"{count} setups per run{' (under cProfile)' if profiled else ''}")
+    print(f"{'server':<22} {'setups/s':>9} {'CPU ms/setup':>13} {'p50 ms':>7}")
+    for label, record in results.items():
+        rate = record.get("setups_per_s")
+        shown = f"{rate:9.1f}" if isinstance(rate, int | float) else f"{'failed':>9}"
+        p50 = record.get("latency_ms_p50", float("nan"))
+        commits = record.get("db_commits_per_setup")
+        tail = f"  db commits/setup {commits}" if commits is not None else ""
+        print(f"{label:<22} {shown} {record['server_cpu_ms_per_setup']:13.2f} {p50:7.2f}{tail}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=300, help="setups per run")
@@ -84,6 +124,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--py-spy",
         type=Path,
         help="py-spy binary: sample our servers (not slowed) into DIR of --profile instead",
+    )
+    parser.add_argument(
+        "--store",
+        action="append",
+        help="grant store of the gateway, repeatable: sqlite (default) or a postgresql:// URL",
     )
     parser.add_argument(
         "--only", choices=("gateway", "echo-server", "ref"), action="append", help="servers to run"
@@ -111,14 +156,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: dict[str, dict[str, Any]] = {}
     with contextlib.ExitStack() as stack:
         servers: list[tuple[str, Server, list[str]]] = []
-        if "gateway" in only:
-            gw_argv = gw.serve_argv(work / "gateway-state", cert, key, "127.0.0.1:9")
-            gw_argv = _profiled(gw_argv, None if spy else prof and prof / "gateway.prof")
+        stores: dict[str, str] = {}
+        for store in (args.store or ["sqlite"]) if "gateway" in only else []:
+            name = "gateway" if store == "sqlite" else "gateway-pg"
+            stores[name] = store
+            state = work / f"{name}-state"
+            gw_argv = [*gw.serve_argv(state, cert, key, "127.0.0.1:9"), f"--store={store}"]
+            gw_argv = _profiled(gw_argv, None if spy else prof and prof / f"{name}.prof")
             server = stack.enter_context(
-                start_server("gateway", gw_argv, work / "gateway.log", env=gw.clean_env())
+                start_server(name, gw_argv, work / f"{name}.log", env=gw.clean_env())
             )
-            token = gw.issue_token(work / "gateway-state")
-            servers.append(("gateway", server, [f"--token={token}"]))
+            token = gw.issue_token(state)
+            servers.append((name, server, [f"--token={token}"]))
         if "echo-server" in only:
             argv_e = _profiled(echo_argv, None if spy else prof and prof / "echo-server.prof")
             echo = stack.enter_context(start_server("ours", argv_e, work / "e.log"))
@@ -133,16 +182,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, server, extra in servers:
             with _sampled(spy, server, prof and prof / f"{name}.spy.txt"):
                 for variant, resumption in (("resume", True), ("full", False)):
-                    results[f"{name} {variant}"] = _one(
-                        ref, server, plan, cert, resumption=resumption, extra=extra
+                    results[f"{name} {variant}"] = _counted(
+                        stores.get(name),
+                        plan.setups,
+                        functools.partial(
+                            _one, ref, server, plan, cert, resumption=resumption, extra=extra
+                        ),
                     )
-    print(f"{args.count} setups per run{' (under cProfile)' if prof else ''}")
-    print(f"{'server':<22} {'setups/s':>9} {'CPU ms/setup':>13} {'p50 ms':>7}")
-    for label, record in results.items():
-        rate = record.get("setups_per_s")
-        shown = f"{rate:9.1f}" if isinstance(rate, int | float) else f"{'failed':>9}"
-        p50 = record.get("latency_ms_p50", float("nan"))
-        print(f"{label:<22} {shown} {record['server_cpu_ms_per_setup']:13.2f} {p50:7.2f}")
+    _print(results, args.count, profiled=prof is not None)
     (work / "setups.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"results: {work / 'setups.json'}")
     return 0 if all(r.get("ok") for r in results.values()) else 1

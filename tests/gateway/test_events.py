@@ -136,6 +136,7 @@ def test_event_names() -> None:
         "expired",
         "replaced",
         "kicked",
+        "moved",
         "closed",
         "refused",
         "started",

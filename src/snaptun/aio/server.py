@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any, Generic
 
 from snaptun.aio.quic import QuicConnection, QuicStream, QuicStreamReset
@@ -40,6 +40,8 @@ from snaptun.core.state import (
     Close,
     ControlAnswer,
     Step,
+    Stored,
+    StoreFailure,
     TunnelStateMachine,
 )
 from snaptun.core.tokens import TokenT, TokenValidator
@@ -76,17 +78,24 @@ log = logging.getLogger(__name__)
 CONTROL_REQUEST_TIMEOUT = ACCEPT_TIMEOUT
 """Seconds a post-setup control request may take to arrive complete (ours)."""
 
-GrantStore = Callable[[GrantChange], bool]
+GrantStore = Callable[[GrantChange], "Stored | Awaitable[Stored]"]
 """Writes one grant change (``change.after``, or deletes the identity's record when
 None) and says whether it is stored. Must not raise for a storage failure: it
-logs the failure and returns False. A refused grant is undone by the core; a
-hold that was not stored is the store's to repair later."""
+logs the failure and returns False (refused) or
+:attr:`~snaptun.core.state.StoreFailure.UNAVAILABLE` (the store cannot be
+reached). A refused grant is undone by the core; a hold that was not stored is
+the store's to repair later.
+
+A local store (SQLite) answers at once; a remote one (PostgreSQL) returns an
+awaitable for a grant, which the server awaits before it answers. Holds and
+deletions (``change.after`` not active) must be answered at once: they are
+written while a tunnel ends, which cannot wait."""
 
 
 class _Tunnel(Generic[TokenT]):
     """One connection and its machine: carries out the machine's closes and writes."""
 
-    __slots__ = ("clock", "conn", "machine", "store")
+    __slots__ = ("clock", "conn", "lock", "machine", "store")
 
     def __init__(
         self,
@@ -99,22 +108,28 @@ class _Tunnel(Generic[TokenT]):
         self.machine = machine
         self.clock = clock
         self.store = store
+        self.lock: asyncio.Lock | None = None
+        """Made on the first post-setup request: one grant write at a time per tunnel."""
 
     def end(self) -> None:
         """End the machine for good; a hold it returns is written (failures are the store's)."""
         change = self.machine.shutdown(self.clock())
         if change is not None and self.store is not None:
-            self.store(change)
+            result = self.store(change)
+            if not isinstance(result, bool | StoreFailure):  # pragma: no cover - see GrantStore
+                raise TypeError("a grant store must write a hold at once")
 
     def close(self, close: Close) -> None:
         """End the machine, then close the connection as ``close`` says."""
         self.end()
         self.conn.close(close.code, close.reason)
 
-    def written(self, step: Step) -> Step:
-        """Write the step's grant, if any, and return the rest of the step."""
+    async def written(self, step: Step) -> Step:
+        """Write the step's grant, if any (awaited for a remote store), and return the rest."""
         while step.store is not None:
             ok = self.store(step.store) if self.store is not None else True
+            if not isinstance(ok, bool | StoreFailure):
+                ok = await ok
             step = self.machine.stored(ok)
         return step
 
@@ -233,7 +248,7 @@ class Server(Generic[TokenT]):
         except ParseControlRequestError as exc:
             conn.close(*_args(machine.unparsable(exc)))
             raise AcceptParseError(exc) from exc
-        step = tunnel.written(machine.setup_request(self._clock(), request))
+        step = await tunnel.written(machine.setup_request(self._clock(), request))
         if step.answer is None:  # the wrong request: closed without an answer
             assert step.close is not None
             conn.close(*_args(step.close))
@@ -543,7 +558,11 @@ class Control(Generic[TokenT]):
         except ParseControlRequestError as exc:
             self._fail(ControlParseError(exc), self._machine.unparsable(exc))
             return
-        step = self._tunnel.written(self._machine.request(self._clock(), request))
+        tunnel = self._tunnel
+        if tunnel.lock is None:
+            tunnel.lock = asyncio.Lock()
+        async with tunnel.lock:  # a grant write may await: the next request waits for it
+            step = await tunnel.written(self._machine.request(self._clock(), request))
         assert step.answer is not None
         self.requests_served += 1
         self._wake()  # the expiry may have moved

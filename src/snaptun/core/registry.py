@@ -89,6 +89,20 @@ class TunnelRegistry:
             return True
         return False
 
+    def evict(self, identity: str) -> bool:
+        """Another gateway took ``identity``'s grant over: its local holder is replaced.
+
+        True if there was a holder; it no longer counts as one when its
+        :meth:`GrantHolder.replaced` runs, so it ends without holding the grant.
+        """
+        holders = self._holders.pop(identity, None)
+        self._sharing.pop(identity, None)
+        if holders is None:
+            return False
+        self.replacements += 1
+        holders.replaced()
+        return True
+
     def holder_of(self, identity: str) -> GrantHolder | None:
         """The live tunnel that uses ``identity``'s grant, if any."""
         return self._holders.get(identity)

@@ -167,6 +167,9 @@ SESSION_EXPIRED: Final = Close(CloseCode.SESSION_EXPIRED, "session expired")
 """How a tunnel ends when its session expiry passed without renewal."""
 INTERNAL_ERROR: Final = Close(CloseCode.INTERNAL_ERROR, INTERNAL_ERROR_REASON)
 """How a tunnel ends when serving it raised something unexpected (a defect of ours)."""
+STORE_UNAVAILABLE_REASON: Final = "grant store unavailable"
+STORE_UNAVAILABLE: Final = Close(CloseCode.INTERNAL_ERROR, STORE_UNAVAILABLE_REASON)
+"""How a setup ends when the grant store cannot be reached (not the client's fault)."""
 _SETUP_UNSENT: Final = Close(CloseCode.INTERNAL_ERROR, "failed to send control response")
 _UNSENT: Final = Close(CloseCode.INTERNAL_ERROR, "send control response error")
 _EXPECTED: Final = {
@@ -207,6 +210,18 @@ def refusal_cause(reason: str) -> str:
             return reason[len(prefix) + 2 :]
     return reason
 
+
+_UNAVAILABLE: Final = ControlAnswer(503, STORE_UNAVAILABLE_REASON.encode())
+
+
+class StoreFailure(enum.Enum):
+    """A grant write that failed for want of the store (vs. ``False``: refused by it)."""
+
+    UNAVAILABLE = "unavailable"
+
+
+Stored = bool | StoreFailure
+"""The outcome of a grant write: True (stored), False (refused), or the store was unreachable."""
 
 _NOT_STORED: Final = ControlAnswer(
     400, b"either requested address is unavailable, or no addresses are available"
@@ -347,15 +362,24 @@ class TunnelStateMachine(Generic[TokenT]):
         """One request after the setup: always answered; the tunnel stays either way."""
         return self._decide(now, request, setup=False)
 
-    def stored(self, ok: bool) -> Step:
+    def stored(self, ok: Stored) -> Step:
         """The write of the last step's ``store`` is done (``ok``) or failed: the rest.
 
         A failed write undoes the grant (the allocator is as before the
-        request) and is answered as an unavailable address.
+        request) and is answered as an unavailable address; a store that
+        could not be reached (:attr:`StoreFailure.UNAVAILABLE`) is answered
+        503 and a setup is closed with code 5 and "grant store unavailable".
         """
         pending, self._pending = self._pending, None
         if pending is None:
             raise RuntimeError("stored() without a grant waiting for its write")
+        if ok is StoreFailure.UNAVAILABLE:
+            self._allocator.revert(pending.change)
+            if pending.setup:
+                return Step(
+                    answer=_UNAVAILABLE, close=STORE_UNAVAILABLE, close_if_unsent=STORE_UNAVAILABLE
+                )
+            return Step(answer=_UNAVAILABLE, close_if_unsent=_UNSENT)
         if not ok:
             self._allocator.revert(pending.change)
             kind = RequestKind.ADDRESS_ASSIGNMENT

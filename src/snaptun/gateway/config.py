@@ -117,6 +117,11 @@ class GatewayConfig:
     scmp_rate: float = 10.0  # SCMP answers (errors, echo replies) per second per tunnel
     scmp_burst: int = 20  # SCMP answers a tunnel may get at once
     log_level: str = "info"
+    # Grant store: "sqlite" (the state directory's file) or a postgresql:// URL shared by a fleet.
+    store: str = "sqlite"
+    gateway_id: str = ""  # this gateway's name in a shared store; "": host name and state_dir
+    store_pool: int = 4  # connections to a shared store (plus one that listens)
+    store_timeout: float = 1.0  # seconds a grant write may take on a shared store
 
     def __post_init__(self) -> None:
         problem = _check(self)
@@ -161,9 +166,20 @@ def _problems(config: GatewayConfig) -> Iterator[tuple[str, str]]:
         yield "retry", f"{config.retry!r} is not auto, always or never"
     if not math.isfinite(config.scmp_rate) or config.scmp_rate < 0:
         yield "scmp_rate", f"{config.scmp_rate} is not a number of answers per second >= 0"
+    yield from _store_problems(config)
     if config.log_level not in LOG_LEVELS:
         yield "log_level", f"{config.log_level!r} is not one of {', '.join(LOG_LEVELS)}"
     yield from _pool_problems(config.pools, config.gateway_addresses)
+
+
+def _store_problems(config: GatewayConfig) -> Iterator[tuple[str, str]]:
+    if config.store != "sqlite" and not config.store.startswith(("postgresql://", "postgres://")):
+        yield "store", f"{config.store!r} is not sqlite or a postgresql:// URL"
+    if not 1 <= config.store_pool <= 1000:
+        yield "store_pool", f"{config.store_pool} is outside 1..1000"
+    # Below the setup's own 3 s (ACCEPT_TIMEOUT), so a refusal is answered in time.
+    if not math.isfinite(config.store_timeout) or not 0 < config.store_timeout < 3:
+        yield "store_timeout", f"{config.store_timeout} is not a number of seconds in (0, 3)"
 
 
 def _pool_problems(
@@ -393,6 +409,28 @@ _OPTIONS: Final = (
         _lowercase_word,
     ),
     _Option("log_level", "--log-level", "LEVEL", f"{'|'.join(LOG_LEVELS)} (info)", _lowercase_word),
+    _Option(
+        "store",
+        "--store",
+        "sqlite|URL",
+        "grant store: the state dir's SQLite file, or postgresql://... shared by a fleet (sqlite)",
+        lambda value, base: _text(value),
+    ),
+    _Option(
+        "gateway_id",
+        "--gateway-id",
+        "NAME",
+        "this gateway's unique, stable name in a shared store (host name:state_dir)",
+        lambda value, base: value.strip() if isinstance(value, str) else _text(value),
+    ),
+    _Option("store_pool", "--store-pool", "N", "connections to a shared grant store (4)", _int),
+    _Option(
+        "store_timeout",
+        "--store-timeout",
+        "SECS",
+        "a grant write to a shared store not done by then refuses the setup (1)",
+        _float,
+    ),
 )
 _KEYS: Final = frozenset(option.key for option in _OPTIONS)
 

@@ -36,6 +36,7 @@ class Event(StrEnum):
     EXPIRED = "expired"  # session ran out; the tunnel is closed
     REPLACED = "replaced"  # a newer tunnel of the same identity took the address over
     KICKED = "kicked"  # an operator closed the tunnel (snaptun status --kick)
+    MOVED = "moved"  # another gateway of a shared store took an identity's grant
     CLOSED = "closed"  # tunnel ended (close code, reason, the tunnel's counters)
     REFUSED = "refused"  # setup refused (reason, close code)
     STARTED = "started"  # the gateway listens

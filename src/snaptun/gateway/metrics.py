@@ -83,6 +83,11 @@ class GatewayMetrics:
             ["result"],
             registry=reg,
         )
+        self.store_unavailable = Counter(
+            "snaptun_gateway_store_unavailable",
+            "Grant writes that failed because the shared grant store (PostgreSQL) was unreachable.",
+            registry=reg,
+        )
         self.forwarding = ForwardingCounters()
         """The data plane's per-packet counters (plain integers, exported at scrape time)."""
         reg.register(_ForwardingCollector(self.forwarding))

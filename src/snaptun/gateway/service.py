@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import random
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,7 +31,8 @@ from snaptun.constants import (
     CloseCode,
 )
 from snaptun.core.admission import AdmissionSettings
-from snaptun.core.allocator import AddressManager
+from snaptun.core.allocator import AddressManager, Grant, GrantState
+from snaptun.core.state import STORE_UNAVAILABLE_REASON
 from snaptun.core.tokens import ClaimsPolicy, JwtTokenValidator
 from snaptun.errors import (
     AcceptError,
@@ -58,6 +60,7 @@ from snaptun.gateway.events import EventLog
 from snaptun.gateway.grant_writer import GrantWriter
 from snaptun.gateway.http import HttpServer, metrics_route
 from snaptun.gateway.metrics import GatewayMetrics
+from snaptun.gateway.pg_store import Moved, PgGrantStore, PgGrantWriter
 from snaptun.gateway.state_dir import (
     CONNECT_FILE,  # re-exported: its old home
     StateFiles,
@@ -179,6 +182,10 @@ class Gateway:
         self._endpoint: QuicEndpoint | None = None
         self._http: HttpServer | None = None
         self._allocator: PersistentAllocator | None = None
+        self._pg: PgGrantStore | None = None
+        self._pg_writer: PgGrantWriter | None = None
+        self._manager: AddressManager | None = None
+        self._listening: asyncio.Task[None] | None = None
         self._dataplane: Dataplane | None = None
         self._lock: StateLock | None = None
         self._stopped = asyncio.Event()
@@ -186,7 +193,7 @@ class Gateway:
 
     # ---- start -----------------------------------------------------------------------------
 
-    async def start(self) -> StartReport:
+    async def start(self) -> StartReport:  # noqa: PLR0915 - start-up, read top to bottom
         """Bring every part up; raises (and undoes nothing half-made) on a bad setting."""
         cfg = self.config
         # Before anything in the directory is read: one gateway per state directory.
@@ -219,28 +226,34 @@ class Gateway:
                 rng=random.SystemRandom(),
                 reserved=cfg.gateway_addresses,
             )
-            try:
-                self._allocator = PersistentAllocator.open(
-                    manager, files.grants_db, now=self._clock()
-                )
-            except GrantStoreError as exc:
-                raise grant_store_error(files.grants_db, exc) from exc
+            writer: GrantWriter | PgGrantWriter
+            if cfg.store == "sqlite":
+                try:
+                    self._allocator = PersistentAllocator.open(
+                        manager, files.grants_db, now=self._clock()
+                    )
+                except GrantStoreError as exc:
+                    raise grant_store_error(files.grants_db, exc) from exc
+                writer = GrantWriter(self._allocator)
+            else:
+                writer = await self._open_shared_store(manager, files.root)
         except BaseException:
             self._lock.release()  # bad state: the directory is free again for a fixed start
             self._lock = None
             raise
         self.metrics.watch_free_addresses(
-            self._allocator.free_count, sorted({pool.version for pool in cfg.pools})
+            manager.free_count, sorted({pool.version for pool in cfg.pools})
         )
         # Grants are written by the writer before they are answered (the core returns them).
-        writer = GrantWriter(self._allocator)
         self._server: Server[Any] = Server(
-            self._allocator.manager,
+            manager,
             self.token_keys.validator,
             self.metrics.library,
             clock=self._clock,
             store=writer,
         )
+        if self._pg is not None:
+            self._listening = asyncio.ensure_future(self._pg.listen(self._moved, self._missed))
         self._dataplane = Dataplane(
             self.metrics,
             gateway_addresses=cfg.gateway_addresses,
@@ -346,11 +359,72 @@ class Gateway:
         if self._admin_root is not None:
             remove_admin_files(self._admin_root)
 
-    async def _sweep_loop(self, writer: GrantWriter) -> None:
+    async def _sweep_loop(self, writer: GrantWriter | PgGrantWriter) -> None:
         """Delete ended holds from the store now and then (the allocator frees them lazily)."""
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
-            writer.sweep()
+            if isinstance(writer, PgGrantWriter):
+                try:
+                    await writer.sweep()
+                except GrantStoreError as exc:
+                    log.warning("grant store sweep failed: %s", exc)
+            else:
+                writer.sweep()
+
+    # ---- shared grant store ------------------------------------------------------------------
+
+    async def _open_shared_store(self, manager: AddressManager, root: Path) -> PgGrantWriter:
+        """Connect to the fleet's store and take this gateway's partition over.
+
+        Every row whose address lies in this gateway's pools becomes a hold
+        (an active one until now + hold: its tunnel is gone) and this
+        gateway's, so its identity gets the address back here and nobody
+        else does; a gateway that still named it is told (and closes its
+        tunnel, as it would for any newer grant).
+        """
+        cfg = self.config
+        name = cfg.gateway_id or f"{socket.gethostname()}:{root}"
+        pg = await PgGrantStore.open(
+            cfg.store, name, pool_size=cfg.store_pool, timeout=cfg.store_timeout
+        )
+        try:
+            now = self._clock()
+            kept = []
+            for stored in await pg.load(cfg.pools):
+                grant = stored
+                if stored.state is GrantState.ACTIVE:
+                    grant = Grant(stored.identity, stored.address, GrantState.HELD, now + cfg.hold)
+                elif stored.hold_until is not None and stored.hold_until < now:
+                    continue
+                if manager.is_usable(grant.address):
+                    kept.append(grant)
+            manager.restore(kept)
+            await pg.restart(kept)
+        except BaseException:
+            await pg.close()
+            raise
+        self._pg = pg
+        self._pg_writer = PgGrantWriter(
+            pg,
+            manager,
+            self._clock,
+            timeout=cfg.store_timeout,
+            on_unavailable=self.metrics.store_unavailable.inc,
+        )
+        self._manager = manager
+        return self._pg_writer
+
+    def _moved(self, moved: Moved) -> None:
+        """Another gateway took a grant of ours: close the local tunnel, as newest wins."""
+        if self._pg_writer is not None and self._pg_writer.moved(moved):
+            self._server.registry.evict(moved.identity)
+            self.events.emit("moved", identity=moved.identity, gateway=moved.new)
+
+    async def _missed(self) -> None:
+        """After the listener (re)connected: the moves it may have missed."""
+        if self._pg_writer is not None:
+            for moved in await self._pg_writer.missed():
+                self._moved(moved)
 
     async def _watch_keys(self) -> None:
         """Reload the token keys when one of their files changes."""
@@ -536,6 +610,8 @@ class Gateway:
             reason = f"{reason}:{type(cause).__name__}"
         elif isinstance(exc, UnexpectedControlRequest) and exc.refusal is not None:
             reason = f"{reason}:{exc.refusal}"  # e.g. UnexpectedControlRequest:TokenExpired
+        if lost is not None and lost.reason == STORE_UNAVAILABLE_REASON:
+            reason = "store_unavailable"
         self.metrics.setups.labels("refused", reason).inc()
         if isinstance(exc, AcceptInternalError):
             self.metrics.internal_errors.inc()
@@ -574,6 +650,7 @@ class Gateway:
         if self._allocator is not None:
             self._allocator.hold_all()
             self._allocator.close()
+        await self._close_shared_store()
         if self._dataplane is not None:
             self._dataplane.close()
         await self._close_http()
@@ -581,6 +658,19 @@ class Gateway:
             self._lock.release()  # last: the store is flushed and closed
         self.events.emit("stopped")
         self._stopped.set()
+
+    async def _close_shared_store(self) -> None:
+        """Shutdown on a shared store: the last holds written, this gateway's rows held."""
+        if self._listening is not None:
+            self._listening.cancel()
+        if self._pg is None or self._pg_writer is None:
+            return
+        await self._pg_writer.drain()
+        try:
+            await self._pg.hold_all(self._clock() + self.config.hold)
+        except GrantStoreError as exc:
+            log.warning("holds not stored at shutdown (they start at the next start): %s", exc)
+        await self._pg.close()
 
 
 def _fmt(address: tuple[str, int] | None) -> str:
