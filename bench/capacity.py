@@ -164,12 +164,13 @@ class Target:
         return int(float(match.group(1))) if match else None
 
 
-def _serve_argv(state: Path, settings: dict[str, Any]) -> list[str]:
+SERVE = (sys.executable, "-m", "snaptun.cli.main", "serve")
+"""How the gateway is started; ``bench/memory.py`` swaps in ``bench/memserve.py``."""
+
+
+def _serve_argv(state: Path, settings: dict[str, Any], launcher: Sequence[str]) -> list[str]:
     argv = [
-        sys.executable,
-        "-m",
-        "snaptun.cli.main",
-        "serve",
+        *launcher,
         f"--state-dir={state}",
         "--listen=127.0.0.1:0",
         "--metrics=127.0.0.1:0",
@@ -186,7 +187,12 @@ def _serve_argv(state: Path, settings: dict[str, Any]) -> list[str]:
 
 
 @contextlib.contextmanager
-def start_gateway(work: Path, max_tunnels: int) -> Iterator[Target]:
+def start_gateway(
+    work: Path,
+    max_tunnels: int,
+    launcher: Sequence[str] = SERVE,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[Target]:
     """`snaptun serve` with :func:`gateway_settings`; always killed afterwards."""
     settings = gateway_settings(max_tunnels)
     work.mkdir(parents=True, exist_ok=True)
@@ -194,12 +200,12 @@ def start_gateway(work: Path, max_tunnels: int) -> Iterator[Target]:
     log = work / "gateway.log"
     with log.open("w") as err:
         proc = subprocess.Popen(
-            _serve_argv(state, settings),
+            _serve_argv(state, settings, launcher),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,
-            env=_env(),
+            env={**_env(), **(extra_env or {})},
         )
     try:
         deadline = time.monotonic() + START_TIMEOUT

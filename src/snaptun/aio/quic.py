@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Final, cast
 
 from cryptography import x509
@@ -50,6 +51,8 @@ from qh3.quic.events import (
     StreamDataReceived,
     StreamReset,
 )
+from qh3.quic.packet import QuicErrorCode
+from qh3.quic.tls_bridge import QuicTlsBridgeError
 from qh3.tls import SignatureAlgorithm
 
 from snaptun.aio.timers import loop_timers
@@ -270,13 +273,16 @@ class QuicConnection(QuicConnectionProtocol):
         self.closed: ConnectionLost | None = None
         self._closed_future: asyncio.Future[ConnectionLost] = self._loop.create_future()
         self._streams: dict[int, QuicStream] = {}
-        self._incoming: deque[QuicStream] = deque()
+        # Idle tunnels are most of a gateway's connections: queues are made on
+        # first use (an empty deque costs 760 bytes), streams wait in a list
+        # (a tunnel opens a handful in its life).
+        self._incoming: list[QuicStream] = []
         self._incoming_waiter: asyncio.Future[None] | None = None
-        self._datagrams_in: deque[bytes] = deque()
+        self._datagrams_in: deque[bytes] | None = None
         self._datagram_waiter: asyncio.Future[None] | None = None
         self._datagram_sink: Callable[[list[bytes]], None] | None = None
         self._max_datagram: tuple[int, int, int | None] = (0, 0, None)
-        self._datagrams_out: deque[bytes] = deque()
+        self._datagrams_out: deque[bytes] | None = None
         self._room_waiter: asyncio.Future[None] | None = None
         self._flush_handle: asyncio.Handle | None = None
         self._last_heard = 0.0
@@ -310,6 +316,13 @@ class QuicConnection(QuicConnectionProtocol):
         self._next_local_stream = 0
         self.late_stream_frames = 0
         """Stream data dropped because its stream was already finished or reset here."""
+        # qh3's protocol base makes per-connection objects that this subclass
+        # never uses (its stream readers; an asyncio.Event behind wait_closed,
+        # which is overridden here): stand-ins cost nothing per connection.
+        self._closed = _CLOSED_FLAG  # type: ignore[assignment]
+        self._stream_readers = _NO_READERS
+        self._stream_readers_done = _NO_STREAM_IDS  # type: ignore[assignment]
+        self._stream_readers_done_order = _NO_STREAM_ORDER
 
     # ---- connection ------------------------------------------------------------
 
@@ -483,7 +496,8 @@ class QuicConnection(QuicConnectionProtocol):
     @property
     def send_queue_depth(self) -> int:
         """Datagrams waiting in our send queue."""
-        return len(self._datagrams_out)
+        out = self._datagrams_out
+        return 0 if out is None else len(out)
 
     @property
     def open_streams(self) -> int:
@@ -567,7 +581,7 @@ class QuicConnection(QuicConnectionProtocol):
                 await self._incoming_waiter
             finally:
                 self._incoming_waiter = None
-        return self._incoming.popleft()
+        return self._incoming.pop(0)
 
     def open_stream(self) -> QuicStream:
         """Open a new bidirectional stream, with an id no other open gives.
@@ -596,9 +610,12 @@ class QuicConnection(QuicConnectionProtocol):
     def send_datagram(self, data: bytes) -> None:
         """Queue one datagram, never blocking; a full queue raises :class:`SendBufferFull`."""
         self.check_datagram(len(data))
-        if len(self._datagrams_out) >= self.settings.send_queue:
+        out = self._datagrams_out
+        if out is None:
+            out = self._datagrams_out = deque()
+        elif len(out) >= self.settings.send_queue:
             raise SendBufferFull(self.settings.send_queue)
-        self._datagrams_out.append(data)
+        out.append(data)
         if self._flush_handle is None:
             self._flush_handle = self._loop.call_soon(self._flush_datagrams)
 
@@ -613,6 +630,8 @@ class QuicConnection(QuicConnectionProtocol):
         self._check_open()
         limit = self.max_datagram_size
         out = self._datagrams_out
+        if out is None:
+            out = self._datagrams_out = deque()
         if (
             limit is None
             or len(out) + len(datagrams) > self.settings.send_queue
@@ -627,7 +646,7 @@ class QuicConnection(QuicConnectionProtocol):
     async def send_datagram_wait(self, data: bytes) -> None:
         """Queue one datagram, waiting for room in the queue."""
         self.check_datagram(len(data))
-        while len(self._datagrams_out) >= self.settings.send_queue:
+        while self.send_queue_depth >= self.settings.send_queue:
             self._room_waiter = self._loop.create_future()
             try:
                 await self._room_waiter
@@ -661,13 +680,17 @@ class QuicConnection(QuicConnectionProtocol):
                 await self._datagram_waiter
             finally:
                 self._datagram_waiter = None
-        return self._datagrams_in.popleft()
+        queued = self._datagrams_in
+        assert queued is not None
+        return queued.popleft()
 
     def _flush_datagrams(self) -> None:
         self._flush_handle = None
         if self.closed is not None:
             return
         out = self._datagrams_out
+        if out is None:
+            return
         quic = self._quic
         # qh3's send_datagram_frame only wraps its native core's (two Python
         # calls per datagram); the core's own raises as it does.
@@ -695,13 +718,7 @@ class QuicConnection(QuicConnectionProtocol):
             if sink is not None:  # one not taken by _sink_datagrams (e.g. after a timer)
                 sink([event.data])
                 return
-            if len(self._datagrams_in) >= self.settings.receive_queue:
-                self._datagrams_in.popleft()
-                self.datagrams_dropped_rx += 1
-                if self.on_receive_drop is not None:
-                    self.on_receive_drop()
-            self._datagrams_in.append(event.data)
-            _wake(self._datagram_waiter)
+            self._queue_datagram(event.data)
         elif isinstance(event, StreamDataReceived):
             stream = self._streams.get(event.stream_id)
             if stream is None:
@@ -719,6 +736,8 @@ class QuicConnection(QuicConnectionProtocol):
             self._stream_reset(event)
         elif isinstance(event, HandshakeCompleted):
             self._arm_keepalive()
+            if not self._quic._is_client:
+                self._release_handshake_state()
         elif isinstance(event, ConnectionTerminated):
             by_peer = self.closed is None
             application = event.frame_type is _APPLICATION_CLOSE
@@ -758,8 +777,9 @@ class QuicConnection(QuicConnectionProtocol):
         bridge = self._quic._tls
         if bridge is not None:
             self._quic._tls = None  # qh3 itself drops it on a version change or Retry
-            bridge.tls.alpn_cb = None
-            bridge.tls.update_traffic_key_cb = _ignore
+            if bridge.tls is not None:  # not the stand-in of a server past its handshake
+                bridge.tls.alpn_cb = None
+                bridge.tls.update_traffic_key_cb = _ignore
         self._streams.clear()  # each holds its connection; all were failed by _terminated
 
     def _stream_reset(self, event: StreamReset | StopSendingReceived) -> None:
@@ -789,6 +809,34 @@ class QuicConnection(QuicConnectionProtocol):
             return True
         return False
 
+    def _queue_datagram(self, data: bytes) -> None:
+        """Queue a received datagram for ``receive_datagram`` (no sink set)."""
+        queued = self._datagrams_in
+        if queued is None:
+            queued = self._datagrams_in = deque()
+        elif len(queued) >= self.settings.receive_queue:
+            queued.popleft()
+            self.datagrams_dropped_rx += 1
+            if self.on_receive_drop is not None:
+                self.on_receive_drop()
+        queued.append(data)
+        _wake(self._datagram_waiter)
+
+    def _release_handshake_state(self) -> None:
+        """Free what qh3 keeps of a server handshake once it completed (about 9 KiB).
+
+        qh3 keeps the TLS context (key schedule, transcript, certificate, three
+        queues) and the peer's transport parameters for the connection's life,
+        though a server's TLS has nothing left to do in QUIC: keys are updated
+        by the native core, our server sends no session tickets and a client
+        sends no TLS message after its Finished. A CRYPTO frame that still
+        arrives closes the connection, as the real context would (an
+        unexpected message).
+        """
+        quic = self._quic
+        quic._tls = _TLS_DONE  # type: ignore[assignment]
+        quic._applied_transport_parameters = None
+
     def _terminated(self, lost: ConnectionLost) -> None:
         if self.closed is not None:
             return
@@ -798,7 +846,8 @@ class QuicConnection(QuicConnectionProtocol):
             stream._fail(lost)
         for stream in self._incoming:
             stream._fail(lost)
-        self._datagrams_out.clear()
+        if self._datagrams_out is not None:
+            self._datagrams_out.clear()
         _wake(self._incoming_waiter)
         _wake(self._datagram_waiter)
         _wake(self._room_waiter)
@@ -849,6 +898,40 @@ def _no_packet_log(event: str, data: bytes) -> None:
 
 def _ignore(*args: object) -> None:
     """A callback that does nothing: what an ended connection's hooks become."""
+
+
+class _TlsDone:
+    """Stands in for qh3's TLS bridge of a server connection after its handshake."""
+
+    __slots__ = ()
+    tls = None
+    cipher_suite = None
+    peer_certificate = None
+    peer_certificate_chain: tuple[()] = ()
+    ech_retry_configs = None
+    ech_accepted = False
+
+    def receive_crypto(self, *_args: Any, **_kwargs: Any) -> None:
+        raise QuicTlsBridgeError(_UNEXPECTED_MESSAGE, "TLS message after the handshake")
+
+
+_UNEXPECTED_MESSAGE: Final = QuicErrorCode.CRYPTO_ERROR + 10  # TLS alert unexpected_message
+_TLS_DONE: Final = _TlsDone()
+
+
+class _NoEvent:
+    """Stands in for the asyncio.Event qh3's protocol sets when closed (we keep a future)."""
+
+    __slots__ = ()
+
+    def set(self) -> None:
+        pass
+
+
+_CLOSED_FLAG: Final = _NoEvent()
+_NO_READERS: Final[Any] = MappingProxyType({})
+_NO_STREAM_IDS: Final = frozenset[int]()
+_NO_STREAM_ORDER: Final[Any] = ()
 
 
 def _wake(waiter: asyncio.Future[None] | None) -> None:
