@@ -109,3 +109,17 @@ def add_trust_flags(parser: argparse.ArgumentParser, peer: str, *, per_peer: boo
         + (f"; repeat it to give one per {peer}, in the same order" if per_peer else ""),
     )
     trust.add_argument("--insecure", action="store_true", help=f"do not verify the {peer}")
+
+
+def add_handshake_flags(parser: argparse.ArgumentParser, timeout_help: str) -> None:
+    """--server-name and --connect-timeout: the TLS name to ask for and the handshake limit."""
+    parser.add_argument(
+        "--server-name", default="localhost", metavar="NAME", help="TLS server name (localhost)"
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        type=checked(at_least(float, 0.001), "seconds"),
+        default=5.0,
+        metavar="SECS",
+        help=timeout_help,
+    )

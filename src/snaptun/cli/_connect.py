@@ -35,6 +35,7 @@ from snaptun.aio.bridge import (
 )
 from snaptun.aio.fleet import Gateway, GatewayFleet
 from snaptun.cli._common import (
+    add_handshake_flags,
     add_trust_flags,
     at_least,
     checked,
@@ -102,22 +103,13 @@ def register(commands: Any) -> None:
         help="send tunnel packets here (default: the last local sender)",
     )
     parser.add_argument(
-        "--server-name", default="localhost", metavar="NAME", help="TLS server name (localhost)"
-    )
-    parser.add_argument(
         "--mtu",
         type=checked(at_least(int, 1200), "mtu"),
         default=1452,
         metavar="BYTES",
         help="UDP payload size of QUIC packets (default 1452: datagrams up to ~1414 bytes)",
     )
-    parser.add_argument(
-        "--connect-timeout",
-        type=checked(at_least(float, 0.001), "seconds"),
-        default=5.0,
-        metavar="SECS",
-        help="QUIC handshake limit of each (re)connect attempt (5)",
-    )
+    add_handshake_flags(parser, "QUIC handshake limit of each (re)connect attempt (5)")
     parser.add_argument(
         "--renew-threshold",
         type=checked(at_least(float, 0.0), "seconds"),

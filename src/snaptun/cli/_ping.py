@@ -30,6 +30,7 @@ from snaptun.aio import quic
 from snaptun.aio.bridge import TokenSource, TokenSourceError, refusal
 from snaptun.aio.client import ClientBuilder, ClientReceiver, ClientSender
 from snaptun.cli._common import (
+    add_handshake_flags,
     add_trust_flags,
     at_least,
     checked,
@@ -124,16 +125,7 @@ def register(commands: Any) -> None:
         metavar="BYTES",
         help=f"data bytes per request (32, at most {MAX_DATA})",
     )
-    parser.add_argument(
-        "--server-name", default="localhost", metavar="NAME", help="TLS server name (localhost)"
-    )
-    parser.add_argument(
-        "--connect-timeout",
-        type=checked(at_least(float, 0.001), "seconds"),
-        default=5.0,
-        metavar="SECS",
-        help="QUIC handshake limit (5)",
-    )
+    add_handshake_flags(parser, "QUIC handshake limit (5)")
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="log to stderr (-vv: debug)"
     )

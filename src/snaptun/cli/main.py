@@ -17,6 +17,7 @@ from pathlib import Path
 from snaptun.cli import _connect, _ping, _serve, _status, _token
 from snaptun.cli._client import SEQ_BYTES, ClientOptions, run_echo_client
 from snaptun.cli._common import (
+    add_handshake_flags,
     add_trust_flags,
     at_least,
     checked,
@@ -209,16 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CODE",
         help="succeed only if the server closes with this application code",
     )
-    client.add_argument(
-        "--server-name", default="localhost", metavar="NAME", help="TLS server name (localhost)"
-    )
-    client.add_argument(
-        "--connect-timeout",
-        type=_POSITIVE_SECONDS,
-        default=5.0,
-        metavar="SECS",
-        help="QUIC handshake limit (5)",
-    )
+    add_handshake_flags(client, "QUIC handshake limit (5)")
     _add_quic_flags(client)
     for module in (_serve, _token, _connect, _ping, _status):
         module.register(commands)
